@@ -1,0 +1,64 @@
+"""The Python API: one function per CLI command, same names, same options.
+
+Every function takes paths (or opened :class:`Checkpoint` objects) and
+keyword options that mirror the command-line flags; ``dry_run=True``
+returns the :class:`Plan` without reading tensor data or writing anything.
+
+Example::
+
+    import ckptsurgery as cs
+
+    cs.inspect("runs/old/")["total_bytes"]
+    cs.edit("runs/old/", "runs/slim/model.ckpt",
+            rules=[cs.DropOptimizer(), cs.Rename("^bert/", "encoder/"),
+                   cs.Cast("float32", "bfloat16")])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .execute import WriteOptions, WriteResult, execute
+from .inspect import summary_json
+from .plan import Plan, plan_edit
+from .rules import Rule
+from .source import Checkpoint, open_checkpoint
+
+PathLike = str | os.PathLike | Checkpoint
+
+
+def inspect(path: PathLike) -> dict:
+    """Names, dtypes, shapes and byte sizes of every tensor; reads only the index.
+
+    >>> info = inspect("runs/old/")                      # doctest: +SKIP
+    >>> info["kind"], info["num_tensors"]                # doctest: +SKIP
+    ('tf1-name', 1204)
+    """
+    return summary_json(open_checkpoint(path))
+
+
+def _write(plan: Plan, dst: str | os.PathLike, dry_run: bool, options: dict) -> WriteResult | Plan:
+    if dry_run:
+        return plan
+    return execute(plan, dst, WriteOptions(**options))
+
+
+def copy(src: PathLike, dst: str | os.PathLike, *, dry_run: bool = False, **options) -> WriteResult | Plan:
+    """Rewrite ``src`` at ``dst`` unchanged, in streaming shards.
+
+    Options are those of :class:`WriteOptions` (``memory_budget``, ``force``,
+    ``workers``, ``progress``, ``verify``, ``durable``).
+    """
+    return _write(plan_edit(open_checkpoint(src), []), dst, dry_run, options)
+
+
+def edit(
+    src: PathLike, dst: str | os.PathLike, rules: Sequence[Rule], *, dry_run: bool = False, **options
+) -> WriteResult | Plan:
+    """Apply ``rules`` (Rename, Keep, Drop, DropOptimizer, Cast, Resize) in order, in one pass.
+
+    Raises :class:`RuleError` before anything is read when a rule matches
+    nothing, and :class:`PlanError` when two tensors would share an output name.
+    """
+    return _write(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, options)

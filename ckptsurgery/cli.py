@@ -1,0 +1,226 @@
+"""The ``ckptsurgery`` command line: thin argument parsing over :mod:`ckptsurgery.api`.
+
+Errors a user can cause print one line (``ckptsurgery: error: ...``) and
+exit with the code documented in :mod:`ckptsurgery.errors`; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from . import api
+from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
+from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .sizes import format_size
+from .writer import DEFAULT_MEMORY_BUDGET
+
+EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error"""
+
+CKPT_HELP = "a checkpoint: prefix (run/model.ckpt-1000), folder, 'checkpoint' state file, .index/.data file, or SavedModel folder"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def _add_write_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("writing")
+    g.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
+                   help=f"bytes of tensors held per shard group, e.g. 512MB or 2GiB (default {DEFAULT_MEMORY_BUDGET}); "
+                        "peak memory is about (workers+1) x this plus the largest tensor")
+    g.add_argument("--workers", type=int, default=1, metavar="N", help="shard groups saved in parallel (default 1)")
+    g.add_argument("--force", action="store_true", help="replace an existing checkpoint at the destination")
+    g.add_argument("--verify", action="store_true", help="re-read every written value and compare before publishing")
+    g.add_argument("--no-fsync", dest="durable", action="store_false",
+                   help="skip fsync before publishing (faster; unsafe on power loss)")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bar (default: a bar when stderr is a terminal)")
+    g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
+    g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
+
+
+def _write_options(args: argparse.Namespace) -> dict:
+    return {"memory_budget": args.memory_budget, "workers": args.workers, "force": args.force,
+            "verify": args.verify, "durable": args.durable, "progress": args.progress}
+
+
+class _RuleAction(argparse.Action):
+    """Collect rule flags into one ordered list, so rules apply in the order typed."""
+
+    def __init__(self, option_strings, dest, make_rule, **kwargs):
+        self.make_rule = make_rule
+        super().__init__(option_strings, dest="rules", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        rules = list(getattr(namespace, "rules", None) or [])
+        try:
+            rules.append(self.make_rule(values if isinstance(values, list) else [values] if values is not None else []))
+        except CkptSurgeryError as exc:
+            parser.exit(exc.exit_code, f"ckptsurgery: error: {exc}\n")
+        namespace.rules = rules
+
+
+def _cast_rule(values: list[str]) -> Rule:
+    if len(values) not in (1, 2) or ":" not in values[0]:
+        from .errors import RuleError
+
+        raise RuleError(f"--cast {' '.join(values)}: use --cast FROM:TO [PATTERN], e.g. --cast float32:bfloat16")
+    src, dst = values[0].split(":", 1)
+    return Cast(src, dst, values[1] if len(values) == 2 else None)
+
+
+def _resize_rule(values: list[str]) -> Rule:
+    if len(values) not in (2, 3):
+        from .errors import RuleError
+
+        raise RuleError(f"--resize {' '.join(values)}: use --resize PATTERN SHAPE [INIT], e.g. --resize 'word_embeddings$' 30600,768 normal:0.02")
+    return Resize(values[0], values[1], values[2] if len(values) == 3 else "zeros")
+
+
+def _add_rule_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rules (applied in the order given; patterns are Python regexes found anywhere in the name)")
+    g.add_argument("--rename", nargs=2, metavar=("PATTERN", "REPLACEMENT"), action=_RuleAction,
+                   make_rule=lambda v: Rename(v[0], v[1]), help="re.sub on each full name, e.g. --rename '^bert/' 'encoder/'")
+    g.add_argument("--keep", metavar="PATTERN", action=_RuleAction, make_rule=lambda v: Keep([v[0]]),
+                   help="keep only names matching; several --keep flags in a row keep the union")
+    g.add_argument("--drop", metavar="PATTERN", action=_RuleAction, make_rule=lambda v: Drop(v[0]),
+                   help="drop names matching")
+    g.add_argument("--drop-optimizer", nargs=0, action=_RuleAction, make_rule=lambda v: DropOptimizer(),
+                   help="drop optimizer slots and counters (TF1 /Adam, /Momentum, beta1_power...; TF2 .OPTIMIZER_SLOT, optimizer/...)")
+    g.add_argument("--cast", nargs="+", metavar="FROM:TO [PATTERN]", action=_RuleAction, make_rule=_cast_rule,
+                   help="cast tensors of dtype FROM to TO, e.g. float32:bfloat16, optionally only names matching PATTERN")
+    g.add_argument("--resize", nargs="+", metavar="PATTERN SHAPE [INIT]", action=_RuleAction, make_rule=_resize_rule,
+                   help="slice or pad to SHAPE (e.g. 30600,768; * keeps a size); INIT fills new cells: "
+                        "zeros (default), normal:STD, uniform:LIMIT, mean")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckptsurgery", formatter_class=_Formatter,
+        description="Graph-free surgery on TensorFlow checkpoints, in bounded memory.\n\n"
+                    "Reads tensors straight from .index/.data files with TensorFlow's own reader, rewrites\n"
+                    "them by name, and writes a valid checkpoint with TensorFlow's own save ops, in shards\n"
+                    "no larger than a memory budget. Inputs are never modified; outputs appear atomically.",
+        epilog="examples:\n"
+               "  ckptsurgery inspect runs/bert/ --tree\n"
+               "  ckptsurgery copy runs/bert/model.ckpt-1000 /tmp/copy/model.ckpt\n"
+               "  ckptsurgery edit runs/bert/ slim/model.ckpt --drop-optimizer --cast float32:bfloat16 --dry-run\n\n"
+               + EPILOG_EXIT_CODES,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version="ckptsurgery " + _version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="list tensors with dtype, shape and size", formatter_class=_Formatter,
+                       description="List every tensor's name, dtype, shape and size from the index (no data is read).",
+                       epilog="examples:\n  ckptsurgery inspect run/model.ckpt-1000\n  ckptsurgery inspect run/ --tree --depth 2\n"
+                              "  ckptsurgery inspect run/ --json | jq '.total_bytes'")
+    p.add_argument("checkpoint", help=CKPT_HELP)
+    p.add_argument("--tree", action="store_true", help="sum sizes per scope instead of listing tensors")
+    p.add_argument("--depth", type=int, default=None, help="with --tree: scope levels to show")
+    p.add_argument("--json", action="store_true", help='print {"tensors": [{"name", "dtype", "shape", "nbytes"}...], ...}')
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("copy", help="rewrite a checkpoint unchanged in streaming shards", formatter_class=_Formatter,
+                       description="Rewrite SRC at DST unchanged: read one tensor at a time, save in budget-sized shards,\n"
+                                   "merge, and publish atomically with a 'checkpoint' state file.",
+                       epilog="DST is a prefix (out/model.ckpt); an existing folder or a path ending in / gets SRC's base name.\n\n"
+                              "example:\n  ckptsurgery copy run/model.ckpt-1000 backup/model.ckpt-1000 --memory-budget 512MB")
+    p.add_argument("src", help=CKPT_HELP)
+    p.add_argument("dst", help="destination prefix")
+    _add_write_options(p)
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("edit", help="rename, filter, drop optimizer state, cast, resize in one pass",
+                       formatter_class=_Formatter,
+                       description="Apply rules to SRC's tensors in the order given and write the result to DST in one\n"
+                                   "streaming pass. A rule that matches nothing is an error. TF2 object graphs are rewritten\n"
+                                   "to match, so the output still restores with tf.train.Checkpoint.",
+                       epilog="examples:\n"
+                              "  ckptsurgery edit old/ new/model.ckpt --drop-optimizer\n"
+                              "  ckptsurgery edit old/ new/model.ckpt --rename '^bert/' 'encoder/' --drop 'cls/'\n"
+                              "  ckptsurgery edit old/ new/model.ckpt --cast float32:bfloat16 'encoder/'\n"
+                              "  ckptsurgery edit old/ new/model.ckpt --resize 'word_embeddings$' 30600,* mean --dry-run")
+    p.add_argument("src", help=CKPT_HELP)
+    p.add_argument("dst", help="destination prefix")
+    _add_rule_options(p)
+    _add_write_options(p)
+    p.set_defaults(func=cmd_edit, rules=[])
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _emit_write(result, args: argparse.Namespace) -> int:
+    if isinstance(result, api.Plan):
+        print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        dropped = f", {len(result.dropped)} dropped" if result.dropped else ""
+        print(f"wrote {result.prefix}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import render_table, render_tree
+    from .source import open_checkpoint
+
+    ckpt = open_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(api.inspect(ckpt), indent=2))
+    else:
+        print(render_tree(ckpt, args.depth) if args.tree else render_table(ckpt))
+    return EXIT_OK
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    return _emit_write(api.copy(args.src, args.dst, dry_run=args.dry_run, **_write_options(args)), args)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    if not args.rules:
+        raise CkptSurgeryError("edit needs at least one rule (--rename, --keep, --drop, --drop-optimizer, --cast, --resize); "
+                               "use 'copy' to copy unchanged")
+    result = api.edit(args.src, args.dst, args.rules, dry_run=args.dry_run, **_write_options(args))
+    if not args.json and not isinstance(result, api.Plan) and result.dropped:
+        print(f"dropped {len(result.dropped)}: " + ", ".join(result.dropped[:20])
+              + (" ..." if len(result.dropped) > 20 else ""))
+    return _emit_write(result, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except CkptSurgeryError as exc:
+        if args.debug:
+            raise
+        print(f"ckptsurgery: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ckptsurgery: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_IO
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

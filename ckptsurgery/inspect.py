@@ -1,0 +1,61 @@
+"""``inspect``: what is in a checkpoint, from its index alone."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .sizes import format_size
+from .source import Checkpoint
+
+
+def summary_json(ckpt: Checkpoint) -> dict:
+    """The ``--json`` form: one dict a script can rely on."""
+    return {
+        "prefix": ckpt.prefix,
+        "kind": ckpt.kind,
+        "tensors": [t.to_json() for t in ckpt],
+        "num_tensors": len(ckpt),
+        "total_bytes": ckpt.total_bytes,
+    }
+
+
+def render_table(ckpt: Checkpoint) -> str:
+    rows = [(t.name, t.dtype, str(list(t.shape)), format_size(t.nbytes)) for t in ckpt]
+    header = ("name", "dtype", "shape", "size")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]),
+                                row[3].rjust(widths[3])]))
+    lines.append(_totals(ckpt))
+    return "\n".join(lines)
+
+
+def scope_totals(ckpt: Checkpoint, depth: int | None = None) -> dict[str, tuple[int, int]]:
+    """Bytes and tensor counts per scope prefix (``a``, ``a/b``, ...), up to ``depth`` levels."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for t in ckpt:
+        parts = t.name.split("/")[:-1]
+        if depth is not None:
+            parts = parts[:depth]
+        totals["/"][0] += t.nbytes
+        totals["/"][1] += 1
+        for i in range(1, len(parts) + 1):
+            scope = "/".join(parts[:i]) + "/"
+            totals[scope][0] += t.nbytes
+            totals[scope][1] += 1
+    return {k: (v[0], v[1]) for k, v in sorted(totals.items())}
+
+
+def render_tree(ckpt: Checkpoint, depth: int | None = None) -> str:
+    lines = []
+    for scope, (nbytes, count) in scope_totals(ckpt, depth).items():
+        level = 0 if scope == "/" else scope.count("/")
+        label = scope if scope == "/" else scope.rstrip("/").split("/")[-1] + "/"
+        lines.append(f"{'  ' * level}{label:<{max(1, 48 - 2 * level)}} {format_size(nbytes):>10}  {count:>6} tensors")
+    lines.append(_totals(ckpt))
+    return "\n".join(lines)
+
+
+def _totals(ckpt: Checkpoint) -> str:
+    return f"{len(ckpt)} tensors, {format_size(ckpt.total_bytes)} ({ckpt.kind}) at {ckpt.prefix}"

@@ -1,0 +1,190 @@
+"""The plan: a pure list of output tensors, built and validated before any data is read.
+
+Every command (copy, edit, transfer, average, merge) turns its sources and
+rules into a :class:`Plan`.  Only then does the executor read tensors, and
+it reads exactly what the plan names.  This split is what makes
+``--dry-run`` honest (it prints the plan, byte totals included, and stops)
+and what lets every error about names, shapes and dtypes surface before a
+single byte is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dtypes import itemsize
+from .errors import PlanError
+from .rules import Draft, Rule, merge_adjacent_keeps
+from .sizes import format_size
+from .source import OBJECT_GRAPH_KEY, Checkpoint
+from .transforms import Step
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of one source: ``source`` is the source's alias."""
+
+    source: str
+    name: str
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    """One tensor of the output and everything needed to produce it.
+
+    One input: read it, apply ``steps``.  Several inputs: read each, combine
+    them with merge ``method`` (float64 accumulation), then apply ``steps``.
+    """
+
+    name: str
+    inputs: tuple[TensorRef, ...]
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes_in: int
+    nbytes_out: int
+    steps: tuple[Step, ...] = ()
+    method: str | None = None
+    method_params: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "from": [{"source": r.source, "name": r.name} for r in self.inputs],
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "nbytes_in": self.nbytes_in,
+            "nbytes_out": self.nbytes_out,
+            "steps": [s.describe() for s in self.steps],
+            "method": self.method,
+        }
+
+
+@dataclass(frozen=True)
+class ObjectGraphRewrite:
+    """Carry a TF2 object graph from ``source`` to the output.
+
+    ``key_map`` maps each of the source's checkpoint keys to its output key,
+    or to None when the key was dropped; see :mod:`ckptsurgery.objectgraph`.
+    """
+
+    source: str
+    key_map: dict[str, str | None]
+
+
+@dataclass
+class Plan:
+    """Sources, output entries in write order, and what was left out."""
+
+    sources: dict[str, Checkpoint]
+    entries: list[OutputEntry]
+    object_graph: ObjectGraphRewrite | None = None
+    dropped: list[TensorRef] = field(default_factory=list)
+
+    @property
+    def nbytes_in(self) -> int:
+        return sum(e.nbytes_in for e in self.entries)
+
+    @property
+    def nbytes_out(self) -> int:
+        return sum(e.nbytes_out for e in self.entries)
+
+    def output_names(self) -> list[str]:
+        names = [e.name for e in self.entries]
+        if self.object_graph is not None:
+            names.append(OBJECT_GRAPH_KEY)
+        return names
+
+    def to_json(self) -> dict:
+        return {
+            "sources": {alias: ckpt.prefix for alias, ckpt in self.sources.items()},
+            "entries": [e.to_json() for e in self.entries],
+            "dropped": [{"source": r.source, "name": r.name} for r in self.dropped],
+            "object_graph": self.object_graph.source if self.object_graph else None,
+            "tensors_out": len(self.entries),
+            "nbytes_in": self.nbytes_in,
+            "nbytes_out": self.nbytes_out,
+        }
+
+    def render(self) -> str:
+        """A table for ``--dry-run``: each output, where it comes from, what changes."""
+        single_source = len(self.sources) == 1
+        lines = []
+        for e in self.entries:
+            origin = ", ".join(r.name if single_source else f"{r.source}:{r.name}" for r in e.inputs)
+            if e.method:
+                origin = f"{e.method}({origin})"
+            change = "" if origin == e.name else f"  <- {origin}"
+            infos = [self.sources[r.source].info(r.name) for r in e.inputs]
+            if infos and (infos[0].dtype != e.dtype or infos[0].shape != e.shape):
+                change += f"  [{infos[0].dtype}{list(infos[0].shape)} -> {e.dtype}{list(e.shape)}]"
+            lines.append(f"  {e.name}  {e.dtype}{list(e.shape)}  {format_size(e.nbytes_out)}{change}")
+        for ref in self.dropped:
+            lines.append(f"- {ref.name if single_source else f'{ref.source}:{ref.name}'}  (dropped)")
+        if self.object_graph is not None:
+            lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, rewritten)")
+        lines.append(
+            f"plan: {len(self.entries)} tensors out, {len(self.dropped)} dropped; "
+            f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
+        )
+        return "\n".join(lines)
+
+
+def out_nbytes(dtype: str, shape: tuple[int, ...], nbytes_in: int) -> int:
+    """Output size: exact for fixed-size dtypes, the input's size for strings."""
+    return nbytes_in if dtype == "string" else math.prod(shape) * itemsize(dtype)
+
+
+def drafts_of(ckpt: Checkpoint, alias: str) -> list[Draft]:
+    """A draft for every tensor of ``ckpt`` except its object graph."""
+    return [Draft(alias, t.name, t.name, t.dtype, t.shape) for t in ckpt if t.name != OBJECT_GRAPH_KEY]
+
+
+def entry_from_draft(draft: Draft, ckpt: Checkpoint) -> OutputEntry:
+    info = ckpt.info(draft.source_name)
+    return OutputEntry(
+        name=draft.name,
+        inputs=(TensorRef(draft.source, draft.source_name),),
+        dtype=draft.dtype,
+        shape=draft.shape,
+        nbytes_in=info.nbytes,
+        nbytes_out=out_nbytes(draft.dtype, draft.shape, info.nbytes),
+        steps=tuple(draft.steps),
+    )
+
+
+def check_unique_outputs(drafts: list[Draft]) -> None:
+    """Two inputs mapped to one output name would silently lose one: refuse."""
+    seen: dict[str, Draft] = {}
+    for draft in drafts:
+        if draft.name == OBJECT_GRAPH_KEY:
+            raise PlanError(f"{draft.source_name!r} would be renamed to the reserved name {OBJECT_GRAPH_KEY}")
+        if draft.name in seen:
+            first = seen[draft.name]
+            raise PlanError(
+                f"two tensors map to output {draft.name!r}: {first.source_name!r} and {draft.source_name!r}"
+            )
+        seen[draft.name] = draft
+
+
+def plan_edit(ckpt: Checkpoint, rules: list[Rule], alias: str = "src") -> Plan:
+    """Apply ``rules`` in order to every tensor of ``ckpt``; no data is read.
+
+    With no rules this is the plan of a plain copy.
+    """
+    drafts = drafts_of(ckpt, alias)
+    for rule in merge_adjacent_keeps(list(rules)):
+        drafts = rule.apply(drafts)
+    check_unique_outputs(drafts)
+    if not drafts:
+        raise PlanError("the rules leave no tensor to write")
+    kept = {d.source_name for d in drafts}
+    dropped = [TensorRef(alias, t.name) for t in ckpt if t.name != OBJECT_GRAPH_KEY and t.name not in kept]
+    graph = None
+    if OBJECT_GRAPH_KEY in ckpt:
+        key_map: dict[str, str | None] = {t.name: None for t in ckpt if t.name != OBJECT_GRAPH_KEY}
+        key_map.update({d.source_name: d.name for d in drafts})
+        graph = ObjectGraphRewrite(alias, key_map)
+    entries = [entry_from_draft(d, ckpt) for d in drafts]
+    return Plan({alias: ckpt}, entries, graph, dropped)

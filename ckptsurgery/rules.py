@@ -1,0 +1,237 @@
+"""Surgery rules: rename, keep, drop, drop-optimizer, cast, resize.
+
+Rules are applied in the order given, each to the running list of
+:class:`Draft` outputs, and know nothing about tensor data: planning with
+rules reads only the index.  A rule that matches nothing is an error (a
+typo in a pattern must not silently produce an unchanged checkpoint), and
+the error names the rule and suggests the closest names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from .dtypes import KNOWN, NUMERIC
+from .errors import RuleError
+from .optimizer_state import is_optimizer_state
+from .transforms import Step, check_init
+
+
+@dataclass
+class Draft:
+    """An output tensor while rules are being applied to it."""
+
+    source: str
+    source_name: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    steps: list[Step] = field(default_factory=list)
+
+
+def _compile(pattern: str, rule: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise RuleError(f"{rule}: invalid regular expression {pattern!r}: {exc}") from None
+
+
+def _no_match(rule: str, pattern: str, drafts: list[Draft]) -> RuleError:
+    names = [d.name for d in drafts]
+    plain = re.sub(r"[\\^$.*+?()\[\]{}|]", "", pattern)
+    close = difflib.get_close_matches(plain, names, n=3, cutoff=0.4)
+    if not close:  # a scope fragment: suggest names that contain its longest piece
+        piece = max(re.split(r"[^A-Za-z0-9_/]+", plain) or [""], key=len)
+        close = [n for n in names if piece and piece in n][:3]
+    hint = f"; closest names: {', '.join(close)}" if close else ""
+    return RuleError(f"{rule} matches no tensor{hint}")
+
+
+class Rule:
+    """Base class: ``apply`` maps drafts to drafts, ``describe`` is the flag form."""
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@dataclass
+class Rename(Rule):
+    """``re.sub(pattern, replacement, name)`` on every name the pattern finds."""
+
+    pattern: str
+    replacement: str
+
+    def __post_init__(self) -> None:
+        self._regex = _compile(self.pattern, self.describe())
+
+    def describe(self) -> str:
+        return f"--rename {self.pattern!r} {self.replacement!r}"
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:
+        matched = 0
+        for draft in drafts:
+            if self._regex.search(draft.name):
+                matched += 1
+                try:
+                    draft.name = self._regex.sub(self.replacement, draft.name)
+                except (re.error, IndexError) as exc:
+                    raise RuleError(f"{self.describe()}: invalid replacement: {exc}") from None
+                if not draft.name:
+                    raise RuleError(f"{self.describe()}: renames {draft.source_name!r} to an empty name")
+        if not matched:
+            raise _no_match(self.describe(), self.pattern, drafts)
+        return drafts
+
+
+@dataclass
+class Keep(Rule):
+    """Keep only tensors that some pattern finds (``re.search``); drop the rest."""
+
+    patterns: list[str]
+
+    def __post_init__(self) -> None:
+        self._regexes = [_compile(p, f"--keep {p!r}") for p in self.patterns]
+
+    def describe(self) -> str:
+        return " ".join(f"--keep {p!r}" for p in self.patterns)
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:
+        for pattern, regex in zip(self.patterns, self._regexes):
+            if not any(regex.search(d.name) for d in drafts):
+                raise _no_match(f"--keep {pattern!r}", pattern, drafts)
+        return [d for d in drafts if any(r.search(d.name) for r in self._regexes)]
+
+
+@dataclass
+class Drop(Rule):
+    """Drop tensors the pattern finds (``re.search``)."""
+
+    pattern: str
+
+    def __post_init__(self) -> None:
+        self._regex = _compile(self.pattern, self.describe())
+
+    def describe(self) -> str:
+        return f"--drop {self.pattern!r}"
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:
+        kept = [d for d in drafts if not self._regex.search(d.name)]
+        if len(kept) == len(drafts):
+            raise _no_match(self.describe(), self.pattern, drafts)
+        return kept
+
+
+@dataclass
+class DropOptimizer(Rule):
+    """Drop optimizer slots, accumulators and counters (see :mod:`optimizer_state`)."""
+
+    def describe(self) -> str:
+        return "--drop-optimizer"
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:
+        kept = [d for d in drafts if not is_optimizer_state(d.name)]
+        if len(kept) == len(drafts):
+            raise RuleError("--drop-optimizer finds no optimizer state in this checkpoint")
+        return kept
+
+
+@dataclass
+class Cast(Rule):
+    """Cast tensors of dtype ``from_dtype`` (optionally only those ``pattern`` finds)."""
+
+    from_dtype: str
+    to_dtype: str
+    pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        for dtype in (self.from_dtype, self.to_dtype):
+            if dtype not in KNOWN:
+                raise RuleError(f"{self.describe()}: unknown dtype {dtype!r}; known: {', '.join(sorted(KNOWN))}")
+            if dtype not in NUMERIC and dtype != "bool":
+                raise RuleError(f"{self.describe()}: cannot cast {dtype} tensors (only numeric dtypes)")
+        self._regex = _compile(self.pattern, self.describe()) if self.pattern else None
+
+    def describe(self) -> str:
+        return f"--cast {self.from_dtype}:{self.to_dtype}" + (f" {self.pattern!r}" if self.pattern else "")
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:
+        matched = 0
+        for draft in drafts:
+            if draft.dtype == self.from_dtype and (self._regex is None or self._regex.search(draft.name)):
+                matched += 1
+                draft.dtype = self.to_dtype
+                draft.steps.append(Step("cast", {"to": self.to_dtype}))
+        if not matched:
+            raise RuleError(f"{self.describe()} matches no {self.from_dtype} tensor")
+        return drafts
+
+
+def parse_shape(text: str, rule: str) -> tuple[int | None, ...]:
+    """Parse ``"30600,768"``; ``*`` keeps that dimension.  ``""`` is a scalar."""
+    dims: list[int | None] = []
+    for part in [p.strip() for p in text.strip("()[] ").split(",") if p.strip()]:
+        if part == "*":
+            dims.append(None)
+            continue
+        if not part.isdigit():
+            raise RuleError(f"{rule}: invalid shape {text!r}: use comma-separated sizes such as 30600,768 (* keeps a size)")
+        dims.append(int(part))
+    return tuple(dims)
+
+
+@dataclass
+class Resize(Rule):
+    """Slice or pad tensors the pattern finds to ``shape`` (a vocabulary grows or shrinks)."""
+
+    pattern: str
+    shape: str
+    init: str = "zeros"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._regex = _compile(self.pattern, self.describe())
+        self._dims = parse_shape(self.shape, self.describe())
+        problem = check_init(self.init)
+        if problem:
+            raise RuleError(f"{self.describe()}: {problem}")
+
+    def describe(self) -> str:
+        return f"--resize {self.pattern!r} {self.shape}" + (f" {self.init}" if self.init != "zeros" else "")
+
+    def apply(self, drafts: list[Draft]) -> list[Draft]:
+        matched = 0
+        for draft in drafts:
+            if not self._regex.search(draft.name):
+                continue
+            matched += 1
+            if len(self._dims) != len(draft.shape):
+                raise RuleError(f"{self.describe()}: {draft.name!r} has rank {len(draft.shape)} "
+                                f"(shape {list(draft.shape)}), the new shape has rank {len(self._dims)}")
+            if draft.dtype == "string" and self.init != "zeros":
+                raise RuleError(f"{self.describe()}: string tensor {draft.name!r} can only be padded with empty strings")
+            new_shape = tuple(old if new is None else new for old, new in zip(draft.shape, self._dims))
+            if new_shape != draft.shape:
+                draft.steps.append(Step("resize", {"shape": new_shape, "init": self.init, "seed": self.seed}))
+                draft.shape = new_shape
+        if not matched:
+            raise _no_match(self.describe(), self.pattern, drafts)
+        return drafts
+
+
+def merge_adjacent_keeps(rules: list[Rule]) -> list[Rule]:
+    """``--keep a --keep b`` means a OR b, not a AND b: fold neighbours into one rule."""
+    folded: list[Rule] = []
+    for rule in rules:
+        if isinstance(rule, Keep) and folded and isinstance(folded[-1], Keep):
+            folded[-1] = Keep(folded[-1].patterns + rule.patterns)
+        else:
+            folded.append(rule)
+    return folded

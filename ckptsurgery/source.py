@@ -1,0 +1,251 @@
+"""The reader layer: open any checkpoint, list its tensors, read them lazily.
+
+A *source* is one checkpoint on disk, opened by prefix, folder, state file,
+any one of its files, or a SavedModel folder.  Listing (names, dtypes,
+shapes, byte sizes) reads only the ``.index`` file; tensor data is read one
+tensor at a time through TensorFlow's own ``CheckpointReader``, which checks
+each tensor's CRC32C and presents TF1 partitioned variables whole.  No graph
+is imported, no session is created and no model code is needed.
+
+Example::
+
+    >>> ckpt = open_checkpoint("runs/bert/")            # doctest: +SKIP
+    >>> ckpt.kind, len(ckpt), ckpt.total_bytes           # doctest: +SKIP
+    ('tf1-name', 1204, 4012345678)
+    >>> ckpt.read("bert/embeddings/word_embeddings").shape  # doctest: +SKIP
+    (30522, 1024)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ._tf import tf
+from .dtypes import KNOWN, itemsize
+from .errors import BadCheckpointError
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
+_STEP = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the index says about one tensor; no data is read to know it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    partitioned: bool = False
+
+    @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes}
+
+
+def resolve_prefix(path: str | os.PathLike) -> str:
+    """Turn whatever the user typed into a checkpoint prefix.
+
+    Accepts a prefix (``run/model.ckpt-1000``), a folder (its ``checkpoint``
+    state file, else a SavedModel's ``variables/variables``, else its only or
+    newest prefix), a ``checkpoint`` state file, or one of the checkpoint's own
+    files (``.index`` or ``.data-*``).
+    """
+    text = os.fspath(path)
+    p = Path(text)
+    if Path(text + ".index").is_file():
+        return text
+    if p.is_dir():
+        return _prefix_in_folder(p)
+    if p.name == "checkpoint" and p.is_file():
+        return _prefix_from_state_file(p)
+    if text.endswith(".index") and p.is_file():
+        return text[: -len(".index")]
+    match = _DATA_FILE.match(text)
+    if match and p.is_file():
+        prefix = match.group("prefix")
+        if Path(prefix + ".index").is_file():
+            return prefix
+        raise BadCheckpointError(text, f"data shard has no index file {prefix}.index beside it")
+    if p.exists():
+        raise BadCheckpointError(text, "not a checkpoint: expected a prefix, a folder, or a .index/.data file")
+    raise BadCheckpointError(text, "no such checkpoint (neither a file, a folder, nor a prefix with a .index file)")
+
+
+def _prefix_from_state_file(state_file: Path) -> str:
+    tf_ = tf()
+    try:
+        state = tf_.train.get_checkpoint_state(str(state_file.parent))
+    except Exception as exc:  # TF raises ParseError subclasses of varied kinds
+        raise BadCheckpointError(str(state_file), f"unreadable checkpoint state file: {exc}") from None
+    if state is None or not state.model_checkpoint_path:
+        raise BadCheckpointError(str(state_file), "checkpoint state file names no model_checkpoint_path")
+    prefix = state.model_checkpoint_path
+    if not os.path.isabs(prefix):
+        prefix = str(state_file.parent / prefix)
+    if not Path(prefix + ".index").is_file():
+        raise BadCheckpointError(str(state_file), f"state file points to {prefix}, which has no .index file")
+    return prefix
+
+
+def _prefix_in_folder(folder: Path) -> str:
+    if (folder / "checkpoint").is_file():
+        return _prefix_from_state_file(folder / "checkpoint")
+    saved_model = folder / "variables" / "variables"
+    if Path(str(saved_model) + ".index").is_file():
+        return str(saved_model)
+    try:
+        indexes = [f for f in folder.iterdir() if f.name.endswith(".index") and f.is_file()]
+    except PermissionError:
+        raise BadCheckpointError(str(folder), "folder is not readable (permission denied)") from None
+    if not indexes:
+        raise BadCheckpointError(str(folder), "folder holds no checkpoint (no .index file, no 'checkpoint' state file)")
+
+    def newest_first(f: Path) -> tuple[int, float]:
+        step = _STEP.search(f.name[: -len(".index")])
+        return (int(step.group(1)) if step else -1, f.stat().st_mtime)
+
+    return str(max(indexes, key=newest_first))[: -len(".index")]
+
+
+class Checkpoint:
+    """One checkpoint on disk: its tensors' metadata, and reads on demand.
+
+    Opening validates the index in pure Python first (see
+    :mod:`ckptsurgery.bundle_index`), so a corrupt or hostile file gets a
+    one-line :class:`BadCheckpointError` instead of crashing the process
+    inside TensorFlow's C++ reader.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.prefix = resolve_prefix(path)
+        self._infos = self._list_tensors()
+        self._reader = None
+
+    # -- metadata -------------------------------------------------------
+    def _list_tensors(self) -> dict[str, TensorInfo]:
+        from .bundle_index import validate_checkpoint
+
+        index = validate_checkpoint(self.prefix)
+        dtype_names = _dtype_enum_names()
+        infos: dict[str, TensorInfo] = {}
+        for entry in index.entries.values():
+            if entry.is_slice:
+                continue
+            dtype = dtype_names.get(entry.dtype)
+            if dtype not in KNOWN:
+                raise BadCheckpointError(self.prefix + ".index", f"unsupported dtype enum {entry.dtype}", entry.name)
+            shape = tuple(int(d) for d in entry.shape)
+            partitioned = bool(entry.slices)
+            # Strings vary per element, so only the index knows their size.
+            nbytes = entry.size if dtype == "string" else math.prod(shape) * itemsize(dtype)
+            infos[entry.name] = TensorInfo(entry.name, dtype, shape, int(nbytes), partitioned)
+        return dict(sorted(infos.items()))
+
+    @property
+    def kind(self) -> str:
+        """``tf2-object`` when an object graph is stored, else ``tf1-name``."""
+        return "tf2-object" if OBJECT_GRAPH_KEY in self._infos else "tf1-name"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    @property
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._infos.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(info.nbytes for info in self._infos.values())
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise BadCheckpointError(self.prefix, "no such tensor in checkpoint", name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __iter__(self) -> Iterator[TensorInfo]:
+        return iter(self._infos.values())
+
+    def data_files(self) -> list[str]:
+        folder = os.path.dirname(self.prefix) or "."
+        base = os.path.basename(self.prefix)
+        return sorted(
+            os.path.join(folder, f) for f in os.listdir(folder)
+            if f == base + ".index" or _DATA_FILE.match(f) and f.startswith(base + ".data-")
+        )
+
+    # -- data -----------------------------------------------------------
+    def read(self, name: str) -> np.ndarray:
+        """Read one tensor; TensorFlow verifies its CRC32C on the way."""
+        info = self.info(name)
+        if self._reader is None:
+            try:
+                self._reader = tf().train.load_checkpoint(self.prefix)
+            except Exception as exc:
+                raise BadCheckpointError(self.prefix, _tf_message(exc)) from None
+        try:
+            value = self._reader.get_tensor(name)
+        except Exception as exc:
+            raise BadCheckpointError(self.prefix, _tf_message(exc), name) from None
+        if info.dtype == "string":
+            return np.asarray(value, dtype=object).reshape(info.shape)
+        return np.asarray(value).reshape(info.shape)
+
+    def read_object_graph(self) -> bytes | None:
+        """The serialized ``TrackableObjectGraph`` of a TF2 checkpoint, else None."""
+        if OBJECT_GRAPH_KEY not in self._infos:
+            return None
+        return bytes(self.read(OBJECT_GRAPH_KEY).reshape(()).item())
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.prefix!r}, kind={self.kind!r}, tensors={len(self)})"
+
+
+def open_checkpoint(path: str | os.PathLike | Checkpoint) -> Checkpoint:
+    """Open a checkpoint by prefix, folder, state file or file; see :func:`resolve_prefix`."""
+    return path if isinstance(path, Checkpoint) else Checkpoint(path)
+
+
+def _tf_message(exc: Exception) -> str:
+    """TF errors carry multi-line messages; keep the first meaningful line."""
+    message = getattr(exc, "message", None) or str(exc)
+    first = next((line.strip() for line in message.splitlines() if line.strip()), type(exc).__name__)
+    return first[:300]
+
+
+_ENUM_NAMES: dict[int, str] | None = None
+
+
+def _dtype_enum_names() -> dict[int, str]:
+    """DataType enum value -> our dtype name, from TF's own proto."""
+    global _ENUM_NAMES
+    if _ENUM_NAMES is None:
+        from tensorflow.core.framework import types_pb2
+
+        _ENUM_NAMES = {}
+        for enum_name, value in types_pb2.DataType.items():
+            if enum_name.endswith("_REF") or enum_name == "DT_INVALID":
+                continue
+            name = enum_name[3:].lower()
+            _ENUM_NAMES[value] = {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
+    return _ENUM_NAMES

@@ -1,0 +1,110 @@
+"""Per-tensor transforms: small pure functions on numpy arrays, in a registry.
+
+A plan records each output tensor's transforms as :class:`Step` values
+(an op name and its parameters); the executor looks each op up here and
+applies it to one array at a time.  Adding a transform means adding one
+function and registering it; the plan and the writer do not change.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .dtypes import numpy_dtype
+
+TransformFn = Callable[..., np.ndarray]
+TRANSFORMS: dict[str, TransformFn] = {}
+
+
+def register(name: str) -> Callable[[TransformFn], TransformFn]:
+    def add(fn: TransformFn) -> TransformFn:
+        TRANSFORMS[name] = fn
+        return fn
+
+    return add
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transform in a plan: ``op`` names a registered function."""
+
+    op: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.op}({args})"
+
+
+def apply_steps(array: np.ndarray, steps: tuple[Step, ...], tensor_name: str) -> np.ndarray:
+    """Apply ``steps`` in order; ``tensor_name`` seeds any randomness."""
+    for step in steps:
+        array = TRANSFORMS[step.op](array, tensor_name=tensor_name, **step.params)
+    return array
+
+
+@register("cast")
+def cast(array: np.ndarray, *, to: str, tensor_name: str = "") -> np.ndarray:
+    """Cast to dtype ``to`` (round-to-nearest-even for bfloat16/float16)."""
+    return array.astype(numpy_dtype(to))
+
+
+@register("resize")
+def resize(
+    array: np.ndarray,
+    *,
+    shape: tuple[int, ...],
+    init: str = "zeros",
+    seed: int = 0,
+    tensor_name: str = "",
+) -> np.ndarray:
+    """Slice or pad ``array`` to ``shape``, filling new cells per ``init``.
+
+    Slicing keeps the leading part of each dimension (the first rows of a
+    vocabulary); padding appends at the end.  ``init`` is ``zeros``,
+    ``normal:STD``, ``uniform:LIMIT`` or ``mean`` (the mean of the kept
+    entries along axis 0, the usual choice for new vocabulary rows).  Random
+    fills are seeded by ``seed`` and the tensor name, so reruns agree.
+    """
+    kept = array[tuple(slice(0, min(old, new)) for old, new in zip(array.shape, shape))]
+    if kept.shape == tuple(shape):
+        return np.ascontiguousarray(kept)
+    out = make_fill(shape, array.dtype, init, seed, tensor_name, kept)
+    out[tuple(slice(0, n) for n in kept.shape)] = kept
+    return out
+
+
+def make_fill(shape, dtype, init: str, seed: int, tensor_name: str, kept: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng([seed, zlib.crc32(tensor_name.encode())])
+    kind, _, arg = init.partition(":")
+    if kind == "zeros":
+        return np.zeros(shape, dtype=dtype) if dtype != np.object_ else np.full(shape, b"", dtype=object)
+    if kind == "normal":
+        return rng.normal(0.0, float(arg or 0.02), size=shape).astype(dtype)
+    if kind == "uniform":
+        limit = float(arg or 0.05)
+        return rng.uniform(-limit, limit, size=shape).astype(dtype)
+    if kind == "mean":
+        mean = kept.astype(np.float64).mean(axis=0) if kept.size else 0.0
+        return np.broadcast_to(np.asarray(mean), shape).astype(dtype).copy()
+    raise ValueError(f"unknown init {init!r}")
+
+
+INITS = ("zeros", "normal:STD", "uniform:LIMIT", "mean")
+
+
+def check_init(init: str) -> str | None:
+    """Return an error message for an invalid ``init`` spec, else None."""
+    kind, _, arg = init.partition(":")
+    if kind not in {"zeros", "normal", "uniform", "mean"}:
+        return f"unknown initializer {init!r}; use one of {', '.join(INITS)}"
+    if arg:
+        try:
+            float(arg)
+        except ValueError:
+            return f"initializer {init!r}: {arg!r} is not a number"
+    return None

@@ -1,0 +1,210 @@
+"""The one writer: budget-sized ``SaveV2`` groups, ``MergeV2Checkpoints``, atomic publish.
+
+Tensors arrive one at a time.  They are collected into a *group* until the
+group would exceed the memory budget; the full group is handed to a worker
+thread that saves it with TensorFlow's ``SaveV2`` op into its own staging
+prefix, while the caller goes on reading the next group.  Each group is an
+independent unit (its own op call, its own files), so groups can run in
+parallel threads now and on separate workers later.  At most ``workers``
+groups are in flight, so peak memory is about ``(workers + 1) x budget``
+plus the largest single tensor, whatever the model's size.
+
+``finish`` merges the group prefixes into one checkpoint with
+``MergeV2Checkpoints`` (a metadata merge: data files are renamed, not
+copied), checks the result against what was added, and publishes it
+atomically (see :mod:`ckptsurgery.publish`).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ._tf import tf
+from .dtypes import dtype_name_of_array
+from .errors import CkptSurgeryError, OutputError
+from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish
+from .sizes import parse_size
+
+DEFAULT_MEMORY_BUDGET = "256MB"
+
+
+def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, force: bool) -> str:
+    """Check the destination prefix before any work starts.
+
+    A folder (existing, or written with a trailing slash) gets the first
+    source's base name inside it.  A destination that is one of the inputs
+    is refused always; an existing checkpoint is refused unless ``force``.
+    """
+    text = os.fspath(dest)
+    if text.endswith(os.sep) or Path(text).is_dir():
+        text = os.path.join(text, os.path.basename(source_prefixes[0]) if source_prefixes else "ckpt")
+    prefix = os.path.abspath(text)
+    for src in source_prefixes:
+        if os.path.realpath(src) == os.path.realpath(prefix):
+            raise OutputError(f"{prefix}: destination is one of the inputs; write elsewhere (inputs are never modified)")
+    if checkpoint_files(prefix) and not force:
+        raise OutputError(f"{prefix}: a checkpoint already exists here; pass --force to replace it")
+    parent = Path(prefix).parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{parent}: destination folder is a file")
+    return prefix
+
+
+class ShardWriter:
+    """Write tensors in streaming, budget-sized shards; publish atomically on ``finish``.
+
+    Use as a context manager so a failure removes the staging folder::
+
+        with ShardWriter("out/model.ckpt", memory_budget="256MB") as writer:
+            for name, array in tensors:
+                writer.add(name, array)
+            writer.finish()
+    """
+
+    def __init__(
+        self,
+        dest_prefix: str,
+        *,
+        memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+        workers: int = 1,
+        durable: bool = True,
+        on_written: Callable[[int], None] | None = None,
+        check: Callable[[str], None] | None = None,
+    ):
+        self.dest_prefix = os.path.abspath(dest_prefix)
+        self.budget = parse_size(memory_budget)
+        self.workers = max(1, int(workers))
+        self.durable = durable
+        self._on_written = on_written or (lambda n: None)
+        self._check = check
+        self._lock = DestinationLock(self.dest_prefix)
+        self._staging: Staging | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: list[Future] = []
+        self._group: list[tuple[str, np.ndarray]] = []
+        self._group_bytes = 0
+        self._prefixes: list[str] = []
+        self._names: set[str] = set()
+        self.added: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self.published: str | None = None
+
+    # -- lifecycle --------------------------------------------------------
+    def __enter__(self) -> "ShardWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.published is None:
+            self.abort()
+
+    def open(self) -> None:
+        Path(self.dest_prefix).parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            self._staging = Staging(self.dest_prefix).create()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptsurgery-save")
+
+    def abort(self) -> None:
+        """Stop, discard the staging folder, leave the destination as it was."""
+        if self._pool is not None:
+            for future in self._in_flight:
+                future.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._staging is not None:
+            self._staging.remove()
+            self._staging = None
+        self._lock.release()
+
+    # -- adding tensors -----------------------------------------------------
+    def add(self, name: str, array: np.ndarray) -> None:
+        """Queue one tensor; a full group is saved in the background."""
+        if name in self._names:
+            raise OutputError(f"{self.dest_prefix}: tensor {name!r} written twice")
+        self._names.add(name)
+        self.added[name] = (dtype_name_of_array(array), tuple(array.shape))
+        nbytes = _array_nbytes(array)
+        if self._group and self._group_bytes + nbytes > self.budget:
+            self._flush()
+        self._group.append((name, array))
+        self._group_bytes += nbytes
+
+    def _flush(self) -> None:
+        if not self._group:
+            return
+        assert self._pool is not None and self._staging is not None
+        self._wait(keep=self.workers - 1)  # bound memory: at most `workers` groups in flight
+        prefix = self._staging.group_prefix(len(self._prefixes))
+        self._prefixes.append(prefix)
+        group, nbytes = self._group, self._group_bytes
+        self._group, self._group_bytes = [], 0
+        self._in_flight.append(self._pool.submit(self._save_group, prefix, group, nbytes))
+
+    def _save_group(self, prefix: str, group: list[tuple[str, np.ndarray]], nbytes: int) -> None:
+        tf_ = tf()
+        names = [name for name, _ in group]
+        tensors = [tf_.constant(array) for _, array in group]
+        try:
+            tf_.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+        except Exception as exc:
+            raise _write_error(prefix, exc) from None
+        self._on_written(nbytes)
+
+    def _wait(self, keep: int = 0) -> None:
+        while len(self._in_flight) > keep:
+            future = self._in_flight.pop(0)
+            future.result()
+
+    # -- finishing ------------------------------------------------------------
+    def finish(self) -> str:
+        """Save the last group, merge, check, publish; returns the published prefix."""
+        assert self._staging is not None, "call open() first"
+        if not self._names:
+            raise OutputError(f"{self.dest_prefix}: nothing to write")
+        self._flush()
+        self._wait()
+        merged = self._staging.merged_prefix
+        tf_ = tf()
+        try:
+            tf_.raw_ops.MergeV2Checkpoints(
+                checkpoint_prefixes=self._prefixes, destination_prefix=merged, delete_old_dirs=True
+            )
+        except Exception as exc:
+            raise _write_error(merged, exc) from None
+        if self._check is not None:
+            self._check(merged)
+        try:
+            self.published = publish(self._staging, durable=self.durable)
+        except OSError as exc:
+            raise _write_error(self.dest_prefix, exc) from None
+        self._staging.remove()
+        self._staging = None
+        self._lock.release()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return self.published
+
+
+def _array_nbytes(array: np.ndarray) -> int:
+    if array.dtype == np.object_:
+        return sum(len(x) for x in array.reshape(-1)) + 8 * array.size
+    return array.nbytes
+
+
+def _write_error(where: str, exc: BaseException) -> CkptSurgeryError:
+    if isinstance(exc, CkptSurgeryError):
+        return exc
+    if is_disk_full(exc):
+        return OutputError(f"{where}: disk full (no space left on device); nothing was published")
+    message = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+    first = next((line.strip() for line in str(message).splitlines() if line.strip()), type(exc).__name__)
+    return OutputError(f"{where}: write failed: {first[:300]}")
