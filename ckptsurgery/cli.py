@@ -15,39 +15,7 @@ from typing import Sequence
 from . import api
 from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
-from .sizes import format_size
-from .writer import DEFAULT_MEMORY_BUDGET
-
-EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error"""
-
-CKPT_HELP = "a checkpoint: prefix (run/model.ckpt-1000), folder, 'checkpoint' state file, .index/.data file, or SavedModel folder"
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str):
-        super().__init__(prog, max_help_position=34, width=100)
-
-
-def _add_write_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("writing")
-    g.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
-                   help=f"bytes of tensors held per shard group, e.g. 512MB or 2GiB (default {DEFAULT_MEMORY_BUDGET}); "
-                        "peak memory is about (workers+1) x this plus the largest tensor")
-    g.add_argument("--workers", type=int, default=1, metavar="N", help="shard groups saved in parallel (default 1)")
-    g.add_argument("--force", action="store_true", help="replace an existing checkpoint at the destination")
-    g.add_argument("--verify", action="store_true", help="re-read every written value and compare before publishing")
-    g.add_argument("--no-fsync", dest="durable", action="store_false",
-                   help="skip fsync before publishing (faster; unsafe on power loss)")
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
-                   help="no progress bar (default: a bar when stderr is a terminal)")
-    g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
-    g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
-
-
-def _write_options(args: argparse.Namespace) -> dict:
-    return {"memory_budget": args.memory_budget, "workers": args.workers, "force": args.force,
-            "verify": args.verify, "durable": args.durable, "progress": args.progress}
-
+from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
 
 class _RuleAction(argparse.Action):
     """Collect rule flags into one ordered list, so rules apply in the order typed."""
@@ -101,7 +69,7 @@ def _add_rule_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ckptsurgery", formatter_class=_Formatter,
+        prog="ckptsurgery", formatter_class=Formatter,
         description="Graph-free surgery on TensorFlow checkpoints, in bounded memory.\n\n"
                     "Reads tensors straight from .index/.data files with TensorFlow's own reader, rewrites\n"
                     "them by name, and writes a valid checkpoint with TensorFlow's own save ops, in shards\n"
@@ -116,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="ckptsurgery " + _version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="list tensors with dtype, shape and size", formatter_class=_Formatter,
+    p = sub.add_parser("inspect", help="list tensors with dtype, shape and size", formatter_class=Formatter,
                        description="List every tensor's name, dtype, shape and size from the index (no data is read).",
                        epilog="examples:\n  ckptsurgery inspect run/model.ckpt-1000\n  ckptsurgery inspect run/ --tree --depth 2\n"
                               "  ckptsurgery inspect run/ --json | jq '.total_bytes'")
@@ -126,18 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"tensors": [{"name", "dtype", "shape", "nbytes"}...], ...}')
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("copy", help="rewrite a checkpoint unchanged in streaming shards", formatter_class=_Formatter,
+    p = sub.add_parser("copy", help="rewrite a checkpoint unchanged in streaming shards", formatter_class=Formatter,
                        description="Rewrite SRC at DST unchanged: read one tensor at a time, save in budget-sized shards,\n"
                                    "merge, and publish atomically with a 'checkpoint' state file.",
                        epilog="DST is a prefix (out/model.ckpt); an existing folder or a path ending in / gets SRC's base name.\n\n"
                               "example:\n  ckptsurgery copy run/model.ckpt-1000 backup/model.ckpt-1000 --memory-budget 512MB")
     p.add_argument("src", help=CKPT_HELP)
     p.add_argument("dst", help="destination prefix")
-    _add_write_options(p)
+    add_write_options(p)
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("edit", help="rename, filter, drop optimizer state, cast, resize in one pass",
-                       formatter_class=_Formatter,
+                       formatter_class=Formatter,
                        description="Apply rules to SRC's tensors in the order given and write the result to DST in one\n"
                                    "streaming pass. A rule that matches nothing is an error. TF2 object graphs are rewritten\n"
                                    "to match, so the output still restores with tf.train.Checkpoint.",
@@ -149,27 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help=CKPT_HELP)
     p.add_argument("dst", help="destination prefix")
     _add_rule_options(p)
-    _add_write_options(p)
+    add_write_options(p)
     p.set_defaults(func=cmd_edit, rules=[])
+
+    for module in _command_modules():
+        module.add_commands(sub)
     return parser
+
+
+def _command_modules() -> list:
+    """Subcommand modules beyond the core ones (each has ``add_commands(subparsers)``)."""
+    import importlib
+
+    modules = []
+    for name in ("cli_batch", "cli_integrity"):
+        try:
+            modules.append(importlib.import_module(f".{name}", __package__))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+    return modules
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _emit_write(result, args: argparse.Namespace) -> int:
-    if isinstance(result, api.Plan):
-        print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
-        return EXIT_OK
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        dropped = f", {len(result.dropped)} dropped" if result.dropped else ""
-        print(f"wrote {result.prefix}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
-    return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -185,18 +158,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
-    return _emit_write(api.copy(args.src, args.dst, dry_run=args.dry_run, **_write_options(args)), args)
+    return emit_write(api.copy(args.src, args.dst, dry_run=args.dry_run, **write_options(args)), args)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     if not args.rules:
         raise CkptSurgeryError("edit needs at least one rule (--rename, --keep, --drop, --drop-optimizer, --cast, --resize); "
                                "use 'copy' to copy unchanged")
-    result = api.edit(args.src, args.dst, args.rules, dry_run=args.dry_run, **_write_options(args))
+    result = api.edit(args.src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
     if not args.json and not isinstance(result, api.Plan) and result.dropped:
         print(f"dropped {len(result.dropped)}: " + ", ".join(result.dropped[:20])
               + (" ..." if len(result.dropped) > 20 else ""))
-    return _emit_write(result, args)
+    return emit_write(result, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        from ._tf import import_quietly
+
+        import_quietly()
         return int(args.func(args) or 0)
     except CkptSurgeryError as exc:
         if args.debug:

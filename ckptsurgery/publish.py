@@ -28,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from . import faults
 from .errors import OutputError
 
 STAGING_PREFIX = ".ckptsurgery-staging-"
@@ -151,9 +152,11 @@ def publish(staging: Staging, *, durable: bool = True) -> str:
     old_files.sort(key=lambda f: not f.name.endswith(".index"))  # index first: dest reads as absent
     for f in old_files:
         os.replace(f, old_dir / f.name)
+    faults.at("publish-old-moved")
     for f in new_files:
         if f != new_index:
             os.replace(f, dest.parent / f.name)
+    faults.at("publish-data-moved")
     os.replace(new_index, dest.parent / new_index.name)  # the commit point
     if durable:
         _fsync_path(dest.parent)

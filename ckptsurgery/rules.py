@@ -39,12 +39,13 @@ def _compile(pattern: str, rule: str) -> re.Pattern[str]:
 
 
 def _no_match(rule: str, pattern: str, drafts: list[Draft]) -> RuleError:
+    """The error for a rule that matches nothing, with the closest names or scopes."""
     names = [d.name for d in drafts]
+    scopes = {n.rsplit("/", i)[0] + "/" for n in names for i in range(1, n.count("/") + 1)}
     plain = re.sub(r"[\\^$.*+?()\[\]{}|]", "", pattern)
-    close = difflib.get_close_matches(plain, names, n=3, cutoff=0.4)
-    if not close:  # a scope fragment: suggest names that contain its longest piece
-        piece = max(re.split(r"[^A-Za-z0-9_/]+", plain) or [""], key=len)
-        close = [n for n in names if piece and piece in n][:3]
+    close = difflib.get_close_matches(plain, sorted(scopes) + names, n=3, cutoff=0.5)
+    if not close:
+        close = [n for n in names if plain and plain in n][:3]
     hint = f"; closest names: {', '.join(close)}" if close else ""
     return RuleError(f"{rule} matches no tensor{hint}")
 

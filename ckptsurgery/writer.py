@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ._tf import tf
+from . import faults
 from .dtypes import dtype_name_of_array
 from .errors import CkptSurgeryError, OutputError
 from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish
@@ -154,6 +155,7 @@ class ShardWriter:
         tensors = [tf_.constant(array) for _, array in group]
         try:
             tf_.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+            faults.at("group-saved")
         except Exception as exc:
             raise _write_error(prefix, exc) from None
         self._on_written(nbytes)
@@ -174,9 +176,11 @@ class ShardWriter:
         merged = self._staging.merged_prefix
         tf_ = tf()
         try:
+            faults.at("before-merge")
             tf_.raw_ops.MergeV2Checkpoints(
                 checkpoint_prefixes=self._prefixes, destination_prefix=merged, delete_old_dirs=True
             )
+            faults.at("after-merge")
         except Exception as exc:
             raise _write_error(merged, exc) from None
         if self._check is not None:
@@ -185,6 +189,7 @@ class ShardWriter:
             self.published = publish(self._staging, durable=self.durable)
         except OSError as exc:
             raise _write_error(self.dest_prefix, exc) from None
+        faults.at("after-publish")
         self._staging.remove()
         self._staging = None
         self._lock.release()

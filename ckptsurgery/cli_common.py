@@ -1,0 +1,59 @@
+"""Pieces every subcommand shares: help formatting, write options, result printing.
+
+Subcommands live in ``cli.py`` (core and surgery) and in ``cli_*.py`` modules
+that each add their own subparsers through ``add_commands(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .errors import EXIT_OK
+from .sizes import format_size
+from .plan import Plan
+from .writer import DEFAULT_MEMORY_BUDGET
+
+EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error"""
+
+CKPT_HELP = "a checkpoint: prefix (run/model.ckpt-1000), folder, 'checkpoint' state file, .index/.data file, or SavedModel folder"
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def add_write_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("writing")
+    g.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
+                   help=f"bytes of tensors held per shard group, e.g. 512MB or 2GiB (default {DEFAULT_MEMORY_BUDGET}); "
+                        "peak memory is about (workers+1) x this plus the largest tensor")
+    g.add_argument("--workers", type=int, default=1, metavar="N", help="shard groups saved in parallel (default 1)")
+    g.add_argument("--force", action="store_true", help="replace an existing checkpoint at the destination")
+    g.add_argument("--verify", action="store_true", help="re-read every written value and compare before publishing")
+    g.add_argument("--no-fsync", dest="durable", action="store_false",
+                   help="skip fsync before publishing (faster; unsafe on power loss)")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bar (default: a bar when stderr is a terminal)")
+    g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
+    g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
+
+
+def write_options(args: argparse.Namespace) -> dict:
+    return {"memory_budget": args.memory_budget, "workers": args.workers, "force": args.force,
+            "verify": args.verify, "durable": args.durable, "progress": args.progress}
+
+
+def emit_write(result, args: argparse.Namespace) -> int:
+    if isinstance(result, Plan):
+        print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        dropped = f", {len(result.dropped)} dropped" if result.dropped else ""
+        print(f"wrote {result.prefix}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
+    return EXIT_OK
+
+
