@@ -62,3 +62,20 @@ def edit(
     nothing, and :class:`PlanError` when two tensors would share an output name.
     """
     return _write(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, options)
+
+
+def transfer(
+    old: PathLike, new: PathLike, dst: str | os.PathLike, *, rules: Sequence[Rule] = (),
+    name_map: dict[str, str] | None = None, strict: bool = False, skip_optimizer: bool = False,
+    dry_run: bool = False, **options,
+):
+    """Write NEW's variable set to ``dst`` with OLD's values where names, shapes and dtypes match.
+
+    Returns ``(WriteResult or Plan, TransferReport)``.  To assign into a model
+    that is already in memory instead, see :func:`transfer_into_variables`.
+    """
+    from .transfer import plan_transfer
+
+    plan, report = plan_transfer(open_checkpoint(old), open_checkpoint(new), rules=rules, name_map=name_map,
+                                 strict=strict, skip_optimizer=skip_optimizer)
+    return _write(plan, dst, dry_run, options), report

@@ -13,9 +13,12 @@ import sys
 from typing import Sequence
 
 from . import api
-from .errors import EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
+from .errors import EXIT_DIFFERENT, EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .writer import DEFAULT_MEMORY_BUDGET
 from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
+
+_DEFAULT_WRITE = {"memory_budget": DEFAULT_MEMORY_BUDGET, "workers": 1, "force": False, "verify": False, "durable": True, "progress": None}
 
 class _RuleAction(argparse.Action):
     """Collect rule flags into one ordered list, so rules apply in the order typed."""
@@ -120,6 +123,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_write_options(p)
     p.set_defaults(func=cmd_edit, rules=[])
 
+    p = sub.add_parser("transfer", help="move OLD's matching variables into NEW's variable set",
+                       formatter_class=Formatter,
+                       description="Write OUT with exactly NEW's variable set (names, shapes, dtypes, TF2 object graph).\n"
+                                   "Each variable takes OLD's value where a name matches (after --rename rules on OLD's\n"
+                                   "names, or a --map file) and shape and dtype agree; otherwise it keeps NEW's value.\n"
+                                   "NEW is a checkpoint of the new model as initialized. The report lists what moved.",
+                       epilog="examples:\n"
+                              "  ckptsurgery transfer --from old/ --into new_init/ --out warm/model.ckpt --report report.json\n"
+                              "  ckptsurgery transfer --from tf1_run/ --into tf2_init/ --out warm/ckpt \\\n"
+                              "      --rename '^(.*)$' 'model/\\1/.ATTRIBUTES/VARIABLE_VALUE' --strict\n\n"
+                              "The report's \"transferred\" list names the variables to freeze while the changed\n"
+                              "module retrains (see README).")
+    p.add_argument("--from", dest="old", required=True, metavar="OLD", help="checkpoint to take values from")
+    p.add_argument("--into", dest="new", required=True, metavar="NEW", help="checkpoint of the new model as initialized")
+    p.add_argument("--out", dest="dst", required=True, metavar="OUT", help="destination prefix")
+    p.add_argument("--map", dest="name_map", metavar="FILE", help="YAML/JSON mapping 'old name: new name', applied before --rename")
+    p.add_argument("--rename", nargs=2, metavar=("PATTERN", "REPLACEMENT"), action=_RuleAction,
+                   make_rule=lambda v: Rename(v[0], v[1]), help="re.sub on OLD's names before matching (repeatable, ordered)")
+    p.add_argument("--strict", action="store_true", help="fail on a shape or dtype mismatch instead of keeping NEW's value")
+    p.add_argument("--skip-optimizer", action="store_true", help="do not take optimizer state from OLD (keep NEW's)")
+    p.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
+    add_write_options(p)
+    p.set_defaults(func=cmd_transfer, rules=[])
+
+    p = sub.add_parser("diff", help="compare two checkpoints: names, dtypes, shapes, values",
+                       formatter_class=Formatter,
+                       description="Compare A and B one tensor at a time: names only in one, dtype or shape differences,\n"
+                                   "value differences with max absolute and relative error. Exit 0 when equal, 1 when not.",
+                       epilog="examples:\n  ckptsurgery diff run/model.ckpt-1000 copy/model.ckpt-1000\n"
+                              "  ckptsurgery diff a/ b/ --atol 1e-6 --json")
+    p.add_argument("a", help=CKPT_HELP)
+    p.add_argument("b", help=CKPT_HELP)
+    p.add_argument("--atol", type=float, default=0.0, help="treat values within ATOL as equal (default: bit-exact)")
+    p.add_argument("--names-only", action="store_true", help="compare names, dtypes and shapes; read no data")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("run", help="run a YAML recipe (edit, transfer, average or merge)", formatter_class=Formatter,
+                       description="Run a surgery described in a YAML recipe, with the same vocabulary as the flags,\n"
+                                   "so it can be reviewed, versioned and repeated. Unknown keys are errors.",
+                       epilog="example recipe (see README for transfer, average and merge):\n"
+                              "  edit:\n    source: runs/old/\n    rules:\n      - drop_optimizer: true\n"
+                              "      - rename: {pattern: '^bert/', replacement: 'encoder/'}\n"
+                              "      - cast: {from: float32, to: bfloat16}\n"
+                              "  output: runs/slim/model.ckpt\n  options: {memory_budget: 512MB}\n\n"
+                              "  ckptsurgery run slim.yaml --dry-run")
+    p.add_argument("recipe", help="YAML recipe file")
+    add_write_options(p)
+    p.set_defaults(func=cmd_run)
+
     for module in _command_modules():
         module.add_commands(sub)
     return parser
@@ -169,6 +222,47 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.json and not isinstance(result, api.Plan) and result.dropped:
         print(f"dropped {len(result.dropped)}: " + ", ".join(result.dropped[:20])
               + (" ..." if len(result.dropped) > 20 else ""))
+    return emit_write(result, args)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from .transfer import load_name_map
+
+    name_map = load_name_map(args.name_map) if args.name_map else None
+    result, report = api.transfer(args.old, args.new, args.dst, rules=args.rules, name_map=name_map,
+                                  strict=args.strict, skip_optimizer=args.skip_optimizer, dry_run=args.dry_run,
+                                  **write_options(args))
+    if args.report:
+        report.write(args.report)
+    if args.json:
+        payload = {"report": report.to_json()}
+        payload["plan" if isinstance(result, api.Plan) else "result"] = result.to_json()
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    print(report.render())
+    return emit_write(result, args)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .diff import diff
+
+    report = diff(args.a, args.b, atol=args.atol, values=not args.names_only)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return EXIT_OK if report.identical else EXIT_DIFFERENT
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .recipe import run_recipe
+
+    overrides = {k: v for k, v in write_options(args).items() if v != _DEFAULT_WRITE[k]}
+    result, report = run_recipe(args.recipe, dry_run=args.dry_run, overrides=overrides)
+    if report is not None and not args.json:
+        print(report.render())
+    if args.json and report is not None:
+        payload = {"report": report.to_json()}
+        payload["plan" if isinstance(result, api.Plan) else "result"] = result.to_json()
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
     return emit_write(result, args)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .dtypes import FLOATING, dtype_name_of_array, numpy_dtype
-from .errors import BadCheckpointError, NonFiniteError, OutputError
+from .errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
 from .objectgraph import rewrite_object_graph
 from .plan import OutputEntry, Plan
 from .source import OBJECT_GRAPH_KEY, open_checkpoint
@@ -50,16 +50,28 @@ class WriteResult:
 
 
 def produce(plan: Plan, entry: OutputEntry) -> np.ndarray:
-    """Compute one output tensor's value (read, combine, transform)."""
-    arrays = [plan.sources[ref.source].read(ref.name) for ref in entry.inputs]
-    if entry.method is None:
-        value = arrays[0]
-    else:
-        from .merge_methods import apply_method
+    """Compute one output tensor's value (read, combine, transform).
 
-        params = dict(entry.method_params)
-        combined = apply_method(entry.method, arrays, **params)
-        value = combined.astype(arrays[-1].dtype) if arrays[-1].dtype.kind in "fc" or str(arrays[-1].dtype) == "bfloat16" else combined
+    One input: read it.  Several inputs (``average``, ``merge``): the merge
+    method combines them in float64, reading them one at a time where the
+    method allows (see :mod:`ckptsurgery.accumulate`), and the result is cast
+    back to the inputs' dtype (bfloat16 and float16 included) before ``steps``.
+    NaN/Inf are checked by the caller (:func:`execute`) unless allowed.
+    """
+
+    def read(ref):
+        return plan.sources[ref.source].read(ref.name)
+
+    if entry.method is None:
+        if len(entry.inputs) != 1:
+            raise PlanError(f"tensor {entry.name!r}: {len(entry.inputs)} inputs but no merge method to combine them")
+        value = read(entry.inputs[0])
+    else:
+        from .accumulate import combine
+
+        last = entry.inputs[-1]
+        source_dtype = plan.sources[last.source].info(last.name).dtype
+        value = combine(entry, read).astype(numpy_dtype(source_dtype))
     value = apply_steps(value, entry.steps, entry.name)
     if dtype_name_of_array(value) != entry.dtype:
         value = value.astype(numpy_dtype(entry.dtype))

@@ -45,6 +45,8 @@ def rewrite_object_graph(graph_bytes: bytes, key_map: Mapping[str, str | None]) 
             del node.attributes[:]
             node.attributes.extend(kept)
 
+    if not any(v is None for v in key_map.values()):
+        return graph.SerializeToString()  # nothing dropped: keep every node as the writer made it
     alive = _prune(graph)
     out = _renumber(graph, alive)
     _refresh_has_checkpoint_values(out)

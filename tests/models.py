@@ -111,13 +111,15 @@ def write_tf2_checkpoint(folder: Path, seed: int = 0) -> tuple[str, TinyModel]:
 
 
 # -- Keras with an optimizer ---------------------------------------------------------
-def make_keras_model(seed: int = 0):
+def make_keras_model(seed: int = 0, compile: bool = True):
+    """A small Keras model; compiled models track their optimizer, uncompiled ones do not."""
     import keras
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(2)])
     optimizer = keras.optimizers.Adam(0.01)
-    model.compile(optimizer, "mse")
+    if compile:
+        model.compile(optimizer, "mse")
     return model, optimizer
 
 

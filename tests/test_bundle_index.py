@@ -180,6 +180,7 @@ def write_index(prefix: str, kvs: list[tuple[bytes, bytes]], **kw) -> None:
 def rewrite_entry(prefix: str, key: bytes, fn) -> None:
     """Rebuild the index with ``fn`` applied to one BundleEntryProto."""
     kvs = []
+    assert key in dict(index_kvs(prefix)), key
     for k, v in index_kvs(prefix):
         if k == key:
             e = tensor_bundle_pb2.BundleEntryProto()
@@ -402,12 +403,18 @@ def test_real_checkpoints_validate():
     assert rows
     for row in rows:
         index = validate_checkpoint(str(REALCKPT / row["local_prefix"]))
-        assert len(index.entries) == int(row["n_tensors"]), row["short_name"]
-
-
-def test_real_checkpoints_skip_cleanly():
-    if not (REALCKPT / "MANIFEST.tsv").exists():
-        pytest.skip("no shared/realckpt beside the repo")
+        name = row["short_name"]
+        assert len(index.entries) == int(row["n_tensors"]), name
+        counts: dict[str, int] = {}
+        for e in index.entries.values():
+            counts[e.dtype_name] = counts.get(e.dtype_name, 0) + 1
+        want = {k: int(v) for k, v in (x.split(":") for x in row["dtypes"].split(","))}
+        assert counts == want, name
+        files = [index.index_path] + [index.data_path(i) for i in range(index.num_shards)]
+        assert sum(os.path.getsize(f) for f in files) == int(row["bytes"]), name
+        for shard in range(index.num_shards):
+            total = sum(e.size for e in index.data_entries() if e.shard_id == shard)
+            assert total == os.path.getsize(index.data_path(shard)), name
 
 
 # ---------------------------------------------------------------------------
@@ -471,6 +478,10 @@ def test_directory_as_prefix_or_index(tmp_path):
     (tmp_path / "m.index").mkdir()
     err = bad(read_index, str(tmp_path / "m"))
     assert "directory" in str(err) and "m.index" in str(err)
+
+
+def test_invalid_path(tmp_path):
+    assert "invalid index file path" in str(bad(read_index, str(tmp_path / "a\0b")))
 
 
 def test_permission_error(ckpt, monkeypatch):
@@ -662,6 +673,23 @@ def test_bad_full_entry_slices(ckpt1, fn, words):
     assert words in str(err) and err.tensor == "part"
 
 
+def test_overlapping_slices(ckpt1):
+    # Move the third part to rows 150..250, in the full entry and its key.
+    old_key = encode_slice_key("part", ((200, 100), (0, 2)))
+    new_key = encode_slice_key("part", ((150, 100), (0, 2)))
+    kvs = []
+    for k, v in index_kvs(ckpt1):
+        if k == b"part":
+            e = tensor_bundle_pb2.BundleEntryProto()
+            e.ParseFromString(v)
+            e.slices[2].extent[0].start = 150
+            v = e.SerializeToString()
+        kvs.append((new_key if k == old_key else k, v))
+    write_index(ckpt1, sorted(kvs))
+    err = bad(read_index, ckpt1)
+    assert err.tensor == "part" and "100,100:0,2 and 150,100:0,2 overlap" in str(err)
+
+
 def test_bad_slice_key(ckpt1):
     kvs = index_kvs(ckpt1)
     kvs.insert(1, (b"\x00\x05junk", kvs[1][1]))
@@ -752,6 +780,25 @@ def test_string_lengths_inconsistent_with_size(ckpt):
     rewrite_entry(ckpt, S.encode(), fn)
     err = bad(validate_checkpoint, ckpt)
     assert "lengths add up to" in str(err)
+
+
+def test_huge_string_length_with_valid_checksum(ckpt):
+    """A string claiming 2**38 bytes behind a *correct* length checksum: the
+    index alone is valid, TF's reader segfaults allocating it; we refuse."""
+    key = S  # three elements: lengths 2**38, 0, 0
+    shard = Path(ckpt + ".data-00000-of-00001")
+    crc = masked_crc32c(struct.pack("<QII", 1 << 38, 0, 0))
+    blob = _put_varint(1 << 38) + b"\0\0" + struct.pack("<I", crc) + b"x" * 6
+    end = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes() + blob)
+
+    def fn(e):
+        e.offset, e.size = end, len(blob)
+
+    rewrite_entry(ckpt, key.encode(), fn)
+    read_index(ckpt)
+    err = bad(validate_checkpoint, ckpt)
+    assert err.tensor == key and "lengths add up to 274877906956 bytes" in str(err)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,232 @@
+"""Transfer: move what an old and a new model share into the new model's variable set.
+
+The seed workflow.  A user changed one module of a big model and wants to
+retrain only that module on the frozen, pretrained rest.  ``NEW`` is a
+checkpoint of the new model as initialized; the output has exactly NEW's
+variable set (names, shapes, dtypes and, for TF2, object graph), and each
+variable takes OLD's value where a name matches (after optional renames of
+OLD's names, or an explicit map) and shape and dtype agree.  Everything
+else keeps NEW's initial value.  The report says which is which, so the
+training script can freeze exactly the transferred variables.
+
+No graph is imported and no session runs: this replaces the usual
+``import_meta_graph`` + ``Session.restore`` + ``tf.assign`` + ``Saver.save``
+recipe, which needs the old graph and holds the model in memory many times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import PlanError, RuleError, UsageError
+from .optimizer_state import is_optimizer_state
+from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, drafts_of, out_nbytes
+from .rules import Draft, Rule, merge_adjacent_keeps
+from .source import OBJECT_GRAPH_KEY, Checkpoint
+
+
+@dataclass
+class Mismatch:
+    name: str
+    old_name: str
+    old_shape: list[int]
+    new_shape: list[int]
+    old_dtype: str
+    new_dtype: str
+
+
+@dataclass
+class TransferReport:
+    """What the transfer did, variable by variable.
+
+    ``transferred`` maps each output (NEW) name to the OLD name its value came
+    from; a training script freezes exactly these (see README).
+    """
+
+    transferred: dict[str, str] = field(default_factory=dict)
+    kept_from_new: list[str] = field(default_factory=list)
+    unused_from_old: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "transferred": [{"name": k, "from": v} for k, v in self.transferred.items()],
+            "kept_from_new": self.kept_from_new,
+            "unused_from_old": self.unused_from_old,
+            "mismatched": [asdict(m) for m in self.mismatched],
+            "counts": {
+                "transferred": len(self.transferred), "kept_from_new": len(self.kept_from_new),
+                "unused_from_old": len(self.unused_from_old), "mismatched": len(self.mismatched),
+            },
+        }
+
+    def write(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_json(), f, indent=2)
+            f.write("\n")
+
+    def render(self) -> str:
+        lines = [f"transferred {len(self.transferred)}, kept from new {len(self.kept_from_new)}, "
+                 f"unused from old {len(self.unused_from_old)}, shape/dtype mismatches {len(self.mismatched)}"]
+        for m in self.mismatched:
+            lines.append(f"  mismatch {m.name}: old {m.old_name} {m.old_dtype}{m.old_shape} "
+                         f"vs new {m.new_dtype}{m.new_shape} (kept new)")
+        for name in self.kept_from_new:
+            lines.append(f"  kept from new: {name}")
+        for name in self.unused_from_old:
+            lines.append(f"  unused from old: {name}")
+        return "\n".join(lines)
+
+
+def load_name_map(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``--map FILE``: a YAML or JSON mapping ``old name: new name``."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read name map: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise UsageError(f"{path}: a name map must be a mapping of old name -> new name (strings)")
+    return data
+
+
+def old_names_as_new(
+    old: Checkpoint, rules: Sequence[Rule] = (), name_map: Mapping[str, str] | None = None,
+    skip_optimizer: bool = False,
+) -> dict[str, str]:
+    """OLD's tensors under the names they would have in NEW: ``{new-style name: old name}``."""
+    drafts = [d for d in drafts_of(old, "old") if not (skip_optimizer and is_optimizer_state(d.name))]
+    if name_map:
+        missing = [k for k in name_map if k not in old]
+        if missing:
+            raise RuleError(f"--map: {missing[0]!r} is not a tensor of the old checkpoint ({len(missing)} such names)")
+        for draft in drafts:
+            draft.name = name_map.get(draft.source_name, draft.name)
+    for rule in merge_adjacent_keeps(list(rules)):
+        drafts = rule.apply(drafts)
+    by_new: dict[str, Draft] = {}
+    for draft in drafts:
+        if draft.name in by_new:
+            raise PlanError(f"two old tensors map to {draft.name!r}: {by_new[draft.name].source_name!r} "
+                            f"and {draft.source_name!r}")
+        by_new[draft.name] = draft
+    return {name: d.source_name for name, d in by_new.items()}
+
+
+def plan_transfer(
+    old: Checkpoint,
+    new: Checkpoint,
+    *,
+    rules: Sequence[Rule] = (),
+    name_map: Mapping[str, str] | None = None,
+    strict: bool = False,
+    skip_optimizer: bool = False,
+) -> tuple[Plan, TransferReport]:
+    """Plan the output (NEW's variable set, OLD's values where they fit) and its report.
+
+    ``rules`` (usually :class:`Rename`) act on OLD's names; ``name_map`` maps
+    old names to new names first.  A shape or dtype mismatch keeps NEW's
+    value and is reported, or raises :class:`PlanError` when ``strict``.
+    No tensor data is read.
+    """
+    candidates = old_names_as_new(old, rules, name_map, skip_optimizer)
+    report = TransferReport()
+    entries: list[OutputEntry] = []
+    used: set[str] = set()
+    for info in new:
+        if info.name == OBJECT_GRAPH_KEY:
+            continue
+        old_name = candidates.get(info.name)
+        source, source_name = "new", info.name
+        if old_name is not None:
+            old_info = old.info(old_name)
+            if old_info.shape == info.shape and old_info.dtype == info.dtype:
+                source, source_name = "old", old_name
+                report.transferred[info.name] = old_name
+                used.add(old_name)
+            else:
+                mismatch = Mismatch(info.name, old_name, list(old_info.shape), list(info.shape),
+                                    old_info.dtype, info.dtype)
+                if strict:
+                    raise PlanError(f"--strict: {info.name!r} is {info.dtype}{list(info.shape)} in the new model but "
+                                    f"{old_name!r} is {old_info.dtype}{list(old_info.shape)} in the old one")
+                report.mismatched.append(mismatch)
+                used.add(old_name)
+        if source == "new":
+            report.kept_from_new.append(info.name)
+        src_info = (old if source == "old" else new).info(source_name)
+        entries.append(OutputEntry(
+            name=info.name, inputs=(TensorRef(source, source_name),), dtype=info.dtype, shape=info.shape,
+            nbytes_in=src_info.nbytes, nbytes_out=out_nbytes(info.dtype, info.shape, src_info.nbytes),
+        ))
+    report.unused_from_old = sorted(set(candidates.values()) - used)
+    if not report.transferred:
+        raise PlanError("no variable of the old checkpoint matches the new one by name, shape and dtype; "
+                        "add --rename rules or a --map file")
+    graph = ObjectGraphRewrite("new", {}) if OBJECT_GRAPH_KEY in new else None
+    return Plan({"old": old, "new": new}, entries, graph, []), report
+
+
+def variable_key(variable: Any) -> str:
+    """The checkpoint-style name of a live variable: ``encoder/dense/kernel``.
+
+    Keras 3 variables have a ``path``; TF variables a ``name`` with ``:0``.
+    """
+    path = getattr(variable, "path", None)
+    if isinstance(path, str) and path:
+        return path
+    return variable.name.split(":")[0]
+
+
+def transfer_into_variables(
+    old: Checkpoint,
+    target: Any,
+    *,
+    rules: Sequence[Rule] = (),
+    name_map: Mapping[str, str] | None = None,
+    strict: bool = False,
+    skip_optimizer: bool = False,
+    key: Any = variable_key,
+) -> TransferReport:
+    """Assign OLD's values into live ``tf.Variable``s, one variable at a time.
+
+    ``target`` is a list of variables, a ``tf.Module`` or a Keras model
+    (anything with ``.variables``).  Each variable's checkpoint-style name
+    comes from ``key`` (default :func:`variable_key`).  Memory: one tensor.
+    """
+    variables: Iterable[Any] = target.variables if hasattr(target, "variables") else target
+    candidates = old_names_as_new(old, rules, name_map, skip_optimizer)
+    report = TransferReport()
+    used: set[str] = set()
+    for variable in variables:
+        name = key(variable)
+        old_name = candidates.get(name)
+        if old_name is None:
+            report.kept_from_new.append(name)
+            continue
+        info = old.info(old_name)
+        shape = tuple(int(d) for d in variable.shape)
+        dtype = _dtype_name(variable.dtype)
+        used.add(old_name)
+        if info.shape != shape or info.dtype != dtype:
+            if strict:
+                raise PlanError(f"--strict: variable {name!r} is {dtype}{list(shape)} but {old_name!r} is "
+                                f"{info.dtype}{list(info.shape)}")
+            report.mismatched.append(Mismatch(name, old_name, list(info.shape), list(shape), info.dtype, dtype))
+            continue
+        variable.assign(old.read(old_name))
+        report.transferred[name] = old_name
+    report.unused_from_old = sorted(set(candidates.values()) - used)
+    return report
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = getattr(dtype, "name", str(dtype))
+    return {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
