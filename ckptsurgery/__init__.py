@@ -10,7 +10,7 @@ import os as _os
 # TensorFlow's C++ start-up chatter drowns our one-line errors; users can override.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from .api import copy, edit, inspect  # noqa: E402
+from .api import copy, diff, edit, inspect, run_recipe, transfer  # noqa: E402
 from .errors import (  # noqa: E402
     BadCheckpointError, CkptSurgeryError, NonFiniteError, OutputError, PlanError, RuleError, UsageError,
 )
@@ -19,12 +19,13 @@ from .plan import Plan, plan_edit  # noqa: E402
 from .publish import clean  # noqa: E402
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize  # noqa: E402
 from .source import Checkpoint, TensorInfo, open_checkpoint  # noqa: E402
+from .warmstart import TransferReport, transfer_into_variables  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BadCheckpointError", "Cast", "Checkpoint", "CkptSurgeryError", "Drop", "DropOptimizer", "Keep",
     "NonFiniteError", "OutputError", "Plan", "PlanError", "Rename", "Resize", "RuleError", "TensorInfo",
-    "UsageError", "WriteOptions", "WriteResult", "clean", "copy", "edit", "inspect", "open_checkpoint",
-    "plan_edit",
+    "TransferReport", "UsageError", "WriteOptions", "WriteResult", "clean", "copy", "diff", "edit", "inspect",
+    "open_checkpoint", "plan_edit", "run_recipe", "transfer", "transfer_into_variables",
 ]

@@ -20,7 +20,7 @@ import os
 from typing import Sequence
 
 from .execute import WriteOptions, WriteResult, execute
-from .inspect import summary_json
+from .inspection import summary_json
 from .plan import Plan, plan_edit
 from .rules import Rule
 from .source import Checkpoint, open_checkpoint
@@ -74,8 +74,22 @@ def transfer(
     Returns ``(WriteResult or Plan, TransferReport)``.  To assign into a model
     that is already in memory instead, see :func:`transfer_into_variables`.
     """
-    from .transfer import plan_transfer
+    from .warmstart import plan_transfer
 
     plan, report = plan_transfer(open_checkpoint(old), open_checkpoint(new), rules=rules, name_map=name_map,
                                  strict=strict, skip_optimizer=skip_optimizer)
     return _write(plan, dst, dry_run, options), report
+
+
+def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True):
+    """Compare two checkpoints tensor by tensor; see :class:`ckptsurgery.comparison.DiffReport`."""
+    from .comparison import diff as _diff
+
+    return _diff(a, b, atol=atol, values=values)
+
+
+def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, **options):
+    """Run a YAML recipe; returns ``(WriteResult or Plan, report or None)``."""
+    from .recipe import run_recipe as _run
+
+    return _run(path, dry_run=dry_run, overrides=options)

@@ -199,7 +199,7 @@ def _version() -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import render_table, render_tree
+    from .inspection import render_table, render_tree
     from .source import open_checkpoint
 
     ckpt = open_checkpoint(args.checkpoint)
@@ -226,7 +226,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from .transfer import load_name_map
+    from .warmstart import load_name_map
 
     name_map = load_name_map(args.name_map) if args.name_map else None
     result, report = api.transfer(args.old, args.new, args.dst, rules=args.rules, name_map=name_map,
@@ -244,7 +244,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .diff import diff
+    from .comparison import diff
 
     report = diff(args.a, args.b, atol=args.atol, values=not args.names_only)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())

@@ -6,16 +6,22 @@ rename publishes it.  TensorFlow only sees a checkpoint through its
 built in a staging folder beside the destination (same filesystem, so
 renames are atomic), then
 
+0. a *journal* (``PUBLISH.json`` in the staging folder) records the file
+   names about to move, before anything moves;
 1. the previous checkpoint at the destination, if any (``--force``), is
-   moved into the staging folder, index first, so from that instant the
-   destination reads as absent rather than as a mix;
+   moved into the staging folder's ``previous/``, index first, so from that
+   instant the destination reads as absent rather than as a mix;
 2. the new data shards are renamed into place;
 3. the new index is renamed into place: the checkpoint now exists, whole;
 4. the folder's ``checkpoint`` state file is updated atomically.
 
 A crash anywhere leaves the destination absent, the complete old
-checkpoint, or the complete new one.  Staging folders carry a marker file,
-so ``ckptsurgery clean`` (or the next run) removes ours and nothing else.
+checkpoint, or the complete new one.  A crash in steps 1-2 leaves the
+previous checkpoint in ``previous/``; recovery (``ckptsurgery clean``, or the
+next run writing the same destination) reads the journal, removes the new
+data shards the dead run had moved in and moves the previous checkpoint back,
+index last.  Staging folders carry a marker file, so recovery touches ours
+and nothing else, and only those whose process is dead.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import faults
@@ -33,6 +40,7 @@ from .errors import OutputError
 
 STAGING_PREFIX = ".ckptsurgery-staging-"
 MARKER = "CKPTSURGERY_STAGING"
+JOURNAL = "PUBLISH.json"
 LOCK_SUFFIX = ".ckptsurgery-lock"
 
 
@@ -48,14 +56,49 @@ def checkpoint_files(prefix: str) -> list[Path]:
     )
 
 
-def _pid_alive(pid: int) -> bool:
+# -- who is alive ------------------------------------------------------------
+def _proc_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot) from /proc, to tell a
+    reused pid from the original owner; None where /proc is unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _proc_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _pid_alive(pid: int, start: str | None = None) -> bool:
+    """Is ``pid`` a live process (and, when ``start`` is known, the same one)?"""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    except OSError:
+        return False
+    if _proc_zombie(pid):  # killed, not yet reaped: it will never write again
+        return False
+    if start is not None:
+        now = _proc_start(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused by another process
     return True
+
+
+def _owner_record() -> dict:
+    return {"pid": os.getpid(), "start": _proc_start(os.getpid())}
 
 
 class DestinationLock:
@@ -63,40 +106,100 @@ class DestinationLock:
 
     Two runs writing one destination would otherwise race at publish time;
     the second one fails at once with a clear message instead.  A lock left
-    by a dead process (SIGKILL) is taken over.
+    by a dead process (SIGKILL) is taken over.  The file holds ``PID`` or
+    ``PID START`` (START tells a reused pid from its original owner).
     """
+
+    _held_here: set[str] = set()  # lock paths held by this process (any thread)
 
     def __init__(self, prefix: str):
         self.path = Path(prefix + LOCK_SUFFIX)
         self._held = False
 
+    @staticmethod
+    def read_owner(path: Path) -> tuple[int, str | None]:
+        try:
+            parts = path.read_text().split()
+            return int(parts[0]) if parts else 0, (parts[1] if len(parts) > 1 else None)
+        except (OSError, ValueError, UnicodeDecodeError):
+            return 0, None
+
     def acquire(self) -> None:
-        for _ in range(2):
+        key = str(self.path.absolute())
+        for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create()
             except FileExistsError:
-                try:
-                    owner = int(self.path.read_text().strip() or "0")
-                except (OSError, ValueError):
-                    owner = 0
-                if owner and _pid_alive(owner) and owner != os.getpid():
+                owner, start = self.read_owner(self.path)
+                if owner == os.getpid() and key in self._held_here:
+                    raise OutputError(
+                        f"{self.path.with_suffix('')}: another ckptsurgery writer in this process is writing this destination"
+                    ) from None
+                if owner and owner != os.getpid() and _pid_alive(owner, start):
                     raise OutputError(
                         f"{self.path.with_suffix('')}: another ckptsurgery run (pid {owner}) is writing this destination"
                     ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner died
+                self._unlink_stale()  # its owner died (or the file is not a lock we can read)
                 continue
             except OSError as exc:
-                raise OutputError(f"{self.path.parent}: cannot write destination folder: {exc.strerror}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                raise OutputError(f"{self.path.parent}: cannot write destination lock: {exc.strerror}") from None
             self._held = True
+            self._held_here.add(key)
             return
-        raise OutputError(f"{self.path}: could not take the destination lock")
+        raise OutputError(f"{self.path.with_suffix('')}: could not take the destination lock (another run keeps taking it)")
+
+    def _create(self) -> None:
+        """Create the lock file with its content in one step: write a temp file,
+        then hard-link it to the lock name (fails if the lock exists)."""
+        rec = _owner_record()
+        text = f"{rec['pid']} {rec['start']}" if rec["start"] else str(rec["pid"])
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.write_text(text)
+            try:
+                os.link(tmp, self.path)
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links
+                pass
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _unlink_stale(self) -> None:
+        """Remove a dead owner's lock, atomically: rename it aside first, so two
+        runs taking over the same stale lock cannot both remove a fresh one."""
+        aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        except OSError:
+            return
+        owner, start = self.read_owner(aside)
+        if owner and owner != os.getpid() and _pid_alive(owner, start):
+            # Lost a race: a live run re-created the lock just now; put it back.
+            try:
+                os.link(aside, self.path)
+            except OSError:
+                pass
+        aside.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._held:
             self.path.unlink(missing_ok=True)
             self._held = False
+            self._held_here.discard(str(self.path.absolute()))
+
+    def __enter__(self) -> "DestinationLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class Staging:
@@ -111,9 +214,10 @@ class Staging:
         try:
             self.path.mkdir()
             (self.path / MARKER).write_text(json.dumps(
-                {"pid": os.getpid(), "created": time.time(), "destination": self.dest_prefix}
+                {**_owner_record(), "created": time.time(), "destination": self.dest_prefix}
             ))
         except OSError as exc:
+            shutil.rmtree(self.path, ignore_errors=True)
             raise OutputError(f"{self.path.parent}: cannot create staging folder: {exc.strerror}") from None
         return self
 
@@ -125,6 +229,12 @@ class Staging:
         return str(self.path / "merged" / Path(self.dest_prefix).name)
 
     def remove(self) -> None:
+        """Discard the staging folder; if a publish had begun and not committed,
+        first put the previous checkpoint back (never delete a user's checkpoint)."""
+        if not self.path.exists():
+            return
+        if roll_back(self.path) is _ROLLBACK_FAILED:
+            return  # keep previous/ on disk; `ckptsurgery clean` retries
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -136,8 +246,24 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _write_json_durably(path: Path, obj: dict, durable: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        _fsync_path(path.parent)
+
+
 def publish(staging: Staging, *, durable: bool = True) -> str:
-    """Move the merged checkpoint from ``staging`` to its destination (see module doc)."""
+    """Move the merged checkpoint from ``staging`` to its destination (see module doc).
+
+    If a step fails (an ``OSError``), the previous checkpoint is moved back
+    before the error propagates, so the destination is as it was.
+    """
     dest = Path(staging.dest_prefix)
     new_files = checkpoint_files(staging.merged_prefix)
     new_index = Path(staging.merged_prefix + ".index")
@@ -146,22 +272,210 @@ def publish(staging: Staging, *, durable: bool = True) -> str:
     if durable:
         for f in new_files:
             _fsync_path(f)
+    new_data = [f for f in new_files if f != new_index]
     old_dir = staging.path / "previous"
     old_dir.mkdir(exist_ok=True)
     old_files = checkpoint_files(str(dest))
     old_files.sort(key=lambda f: not f.name.endswith(".index"))  # index first: dest reads as absent
-    for f in old_files:
-        os.replace(f, old_dir / f.name)
-    faults.at("publish-old-moved")
-    for f in new_files:
-        if f != new_index:
+    _write_json_durably(staging.path / JOURNAL, {
+        "destination": str(dest),
+        "new_index": new_index.name,
+        "new_data": [f.name for f in new_data],
+        "previous": [f.name for f in old_files],
+    }, durable)
+    try:
+        for f in old_files:
+            os.replace(f, old_dir / f.name)
+        faults.at("publish-old-moved")
+        for f in new_data:
             os.replace(f, dest.parent / f.name)
-    faults.at("publish-data-moved")
-    os.replace(new_index, dest.parent / new_index.name)  # the commit point
+        faults.at("publish-data-moved")
+        os.replace(new_index, dest.parent / new_index.name)  # the commit point
+    except BaseException:
+        roll_back(staging.path)
+        raise
     if durable:
         _fsync_path(dest.parent)
     update_state_file(str(dest))
     return str(dest)
+
+
+# -- recovery ------------------------------------------------------------------
+_ROLLBACK_FAILED = "failed"
+
+
+@dataclass
+class RollBack:
+    """What :func:`roll_back` did to a destination."""
+
+    destination: str
+    committed: bool  # the dead run had published: nothing to undo
+    removed: list[str]  # new data shards the run had moved in, now removed
+    restored: list[str]  # previous checkpoint files moved back
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.removed or self.restored)
+
+
+def _read_journal(staging_path: Path) -> dict | None:
+    try:
+        journal = json.loads((staging_path / JOURNAL).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(journal, dict) or not isinstance(journal.get("destination"), str):
+        return None
+    return journal
+
+
+def _plain_names(value) -> list[str]:
+    """Journal file names, refusing anything that is not a bare file name."""
+    if not isinstance(value, list):
+        return []
+    return [n for n in value if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]
+
+
+def roll_back(staging_path: str | os.PathLike) -> RollBack | str | None:
+    """Undo an unfinished publish recorded in ``staging_path``'s journal.
+
+    Returns None when no publish had started (the destination was never
+    touched), a :class:`RollBack` otherwise, or ``_ROLLBACK_FAILED`` when the
+    previous checkpoint could not be put back (it is then left in
+    ``previous/``).  Idempotent: safe to call again after a crash in here.
+    """
+    staging_path = Path(staging_path)
+    journal = _read_journal(staging_path)
+    if journal is None:
+        return None
+    dest = Path(journal["destination"])
+    folder = dest.parent
+    merged = staging_path / "merged"
+    new_index = journal.get("new_index")
+    new_index = new_index if isinstance(new_index, str) and new_index in _plain_names([new_index]) else dest.name + ".index"
+    dest_index = folder / (dest.name + ".index")
+    result = RollBack(str(dest), False, [], [])
+    if not (merged / new_index).exists() and dest_index.exists():
+        result.committed = True  # the new index is in place: the new checkpoint is whole
+        return result
+    try:
+        for name in _plain_names(journal.get("new_data")):
+            # Moved in by the dead run iff it has left the staging folder (all previous files
+            # left the destination before any new one arrived, so a same-named file still
+            # at the destination while the new one is staged belongs to the previous one).
+            if not (merged / name).exists() and (folder / name).is_file():
+                (folder / name).unlink()
+                result.removed.append(str(folder / name))
+        previous = staging_path / "previous"
+        if previous.is_dir():
+            files = sorted(previous.iterdir(), key=lambda f: (f.name.endswith(".index"), f.name))  # index last
+            for f in files:
+                target = folder / f.name
+                if target.exists():
+                    continue  # never overwrite; left in previous/
+                os.replace(f, target)
+                result.restored.append(str(target))
+        if result.changed:
+            try:
+                _fsync_path(folder)
+            except OSError:
+                pass
+    except OSError:
+        return _ROLLBACK_FAILED
+    if previous.is_dir() and any(previous.iterdir()):
+        return _ROLLBACK_FAILED
+    return result
+
+
+def _staging_owner(entry: Path) -> tuple[dict, int, str | None]:
+    try:
+        marker = json.loads((entry / MARKER).read_text())
+        if not isinstance(marker, dict):
+            marker = {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        marker = {}
+    try:
+        pid = int(marker.get("pid", 0))
+    except (TypeError, ValueError):
+        pid = 0
+    start = marker.get("start")
+    return marker, pid, start if isinstance(start, str) else None
+
+
+@dataclass
+class CleanAction:
+    """One thing :func:`clean` or :func:`recover_destination` did (or left)."""
+
+    action: str  # "removed-staging", "rolled-back", "removed-lock", "skipped-live", "kept-previous"
+    path: str
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        return {"action": self.action, "path": self.path, "detail": self.detail}
+
+    def __str__(self) -> str:
+        return f"{self.action}: {self.path}" + (f" ({self.detail})" if self.detail else "")
+
+
+def _recover_staging(entry: Path) -> list[CleanAction]:
+    """Roll back (if needed) and remove one dead run's staging folder."""
+    actions: list[CleanAction] = []
+    rb = roll_back(entry)
+    if rb is _ROLLBACK_FAILED:
+        return [CleanAction("kept-previous", str(entry),
+                            "could not move the previous checkpoint back; it is in previous/ inside this folder")]
+    if isinstance(rb, RollBack) and rb.changed:
+        detail = f"previous checkpoint restored ({len(rb.restored)} files)" if rb.restored else "destination left absent"
+        if rb.removed:
+            detail += f", {len(rb.removed)} unpublished data shards removed"
+        actions.append(CleanAction("rolled-back", rb.destination, detail))
+    shutil.rmtree(entry, ignore_errors=True)
+    actions.append(CleanAction("removed-staging", str(entry)))
+    return actions
+
+
+def _dead_stagings(root: Path, destination: str | None, only_dead: bool) -> list[tuple[Path, dict]]:
+    found = []
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise OutputError(f"{root}: cannot list folder: {exc.strerror}") from None
+    for entry in entries:
+        if not is_our_staging(entry):
+            continue
+        marker, pid, start = _staging_owner(entry)
+        if destination is not None and marker.get("destination") != destination:
+            continue
+        if only_dead and pid and (pid == os.getpid() or _pid_alive(pid, start)):
+            continue  # a live run (possibly in this process): not ours to touch
+        found.append((entry, marker))
+    return found
+
+
+def recover_destination(dest_prefix: str, *, locked: bool = False) -> list[CleanAction]:
+    """Recover ``dest_prefix`` from dead runs before writing it again.
+
+    Rolls back unfinished publishes (the previous checkpoint comes back,
+    orphan new data shards recorded in the journal go) and removes their
+    staging folders.  Takes the destination lock unless ``locked``; raises
+    :class:`OutputError` if a live run holds it.
+    """
+    root = Path(dest_prefix).parent
+    if not root.is_dir():
+        return []
+    stagings = _dead_stagings(root, str(Path(dest_prefix)), only_dead=True)
+    if not stagings:
+        return []
+    lock = None if locked else DestinationLock(str(dest_prefix))
+    if lock is not None:
+        lock.acquire()
+    try:
+        actions: list[CleanAction] = []
+        for entry, _ in stagings:
+            actions += _recover_staging(entry)
+        return actions
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def update_state_file(prefix: str) -> None:
@@ -208,36 +522,62 @@ def is_our_staging(folder: Path) -> bool:
     return folder.is_dir() and folder.name.startswith(STAGING_PREFIX) and (folder / MARKER).is_file()
 
 
+def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[CleanAction]:
+    """Recover ``folder`` after crashed runs; returns what was done.
+
+    For each staging folder carrying our marker whose process is dead: undo
+    its unfinished publish (see :func:`roll_back`) and remove it.  Then remove
+    lock files left by dead processes.  Nothing else is touched: a folder
+    named like ours without the marker stays.  A destination locked by a live
+    run is skipped (that run recovers it itself).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise OutputError(f"{root}: not a folder")
+    actions: list[CleanAction] = []
+    for entry, marker in _dead_stagings(root, None, only_dead):
+        dest = marker.get("destination")
+        lock = DestinationLock(dest) if isinstance(dest, str) and dest else None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except OutputError:
+                actions.append(CleanAction("skipped-live", str(entry), "its destination is locked by a live run"))
+                continue
+        try:
+            actions += _recover_staging(entry)
+        finally:
+            if lock is not None:
+                lock.release()
+    for lock_path in sorted(root.glob("*" + LOCK_SUFFIX)):
+        pid, start = DestinationLock.read_owner(lock_path)
+        if pid and not _pid_alive(pid, start):
+            lock_path.unlink(missing_ok=True)
+            actions.append(CleanAction("removed-lock", str(lock_path)))
+    for aside in sorted(root.glob("*" + LOCK_SUFFIX + ".*")):
+        # leftovers of a lock being created or taken over by a run that died right then
+        if aside.name.split(LOCK_SUFFIX + ".", 1)[1].startswith(("stale-", "tmp-")) and _older_than(aside, 60):
+            aside.unlink(missing_ok=True)
+    return actions
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
 def clean(folder: str | os.PathLike, *, only_dead: bool = True) -> list[str]:
     """Remove staging folders that ckptsurgery left in ``folder`` after a crash.
 
     Only folders carrying our marker are touched; with ``only_dead`` those
-    whose process is still running are left alone.
+    whose process is still running are left alone.  An unfinished publish is
+    rolled back first, so a ``--force`` run killed mid-publish gets its
+    previous checkpoint back.  Returns the paths removed (see
+    :func:`clean_actions` for the full account).
     """
-    removed = []
-    root = Path(folder)
-    if not root.is_dir():
-        raise OutputError(f"{root}: not a folder")
-    for entry in sorted(root.iterdir()):
-        if not is_our_staging(entry):
-            continue
-        try:
-            pid = int(json.loads((entry / MARKER).read_text()).get("pid", 0))
-        except (OSError, ValueError, AttributeError):
-            pid = 0
-        if only_dead and pid and pid != os.getpid() and _pid_alive(pid):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(str(entry))
-    for lock in root.glob("*" + LOCK_SUFFIX):
-        try:
-            pid = int(lock.read_text().strip() or "0")
-        except (OSError, ValueError):
-            continue
-        if not _pid_alive(pid):
-            lock.unlink(missing_ok=True)
-            removed.append(str(lock))
-    return removed
+    return [a.path for a in clean_actions(folder, only_dead=only_dead) if a.action.startswith("removed")]
 
 
 def is_disk_full(exc: BaseException) -> bool:

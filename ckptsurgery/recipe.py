@@ -138,7 +138,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
                    for i, r in enumerate(section.get("rename") or [])]
         name_map = section.get("map")
         if isinstance(name_map, str):
-            from .transfer import load_name_map
+            from .warmstart import load_name_map
 
             name_map = load_name_map(resolve(name_map))
         elif name_map is not None and not isinstance(name_map, dict):

@@ -28,7 +28,7 @@ from ._tf import tf
 from . import faults
 from .dtypes import dtype_name_of_array
 from .errors import CkptSurgeryError, OutputError
-from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish
+from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
 from .sizes import parse_size
 
 DEFAULT_MEMORY_BUDGET = "256MB"
@@ -48,6 +48,9 @@ def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, 
     for src in source_prefixes:
         if os.path.realpath(src) == os.path.realpath(prefix):
             raise OutputError(f"{prefix}: destination is one of the inputs; write elsewhere (inputs are never modified)")
+    # A run killed mid-publish may have left the previous checkpoint in its staging
+    # folder, or orphan data shards here: put things back before judging what exists.
+    recover_destination(prefix)
     if checkpoint_files(prefix) and not force:
         raise OutputError(f"{prefix}: a checkpoint already exists here; pass --force to replace it")
     parent = Path(prefix).parent
@@ -104,9 +107,13 @@ class ShardWriter:
             self.abort()
 
     def open(self) -> None:
-        Path(self.dest_prefix).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.dest_prefix).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(str(Path(self.dest_prefix).parent), exc) from None
         self._lock.acquire()
         try:
+            recover_destination(self.dest_prefix, locked=True)  # dead runs' leftovers (we hold the lock)
             self._staging = Staging(self.dest_prefix).create()
         except BaseException:
             self._lock.release()

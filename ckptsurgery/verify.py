@@ -1,0 +1,244 @@
+"""``verify``: is every byte of a checkpoint readable and intact?
+
+Two layers, both streaming (one tensor in memory at a time, two with
+``against``):
+
+1. the index, in pure Python (:func:`ckptsurgery.bundle_index.validate_checkpoint`
+   via :class:`~ckptsurgery.source.Checkpoint`): the table's block checksums,
+   every entry sane, every data shard present, every entry inside its shard.
+   A failure here means nothing can be trusted, so it raises
+   :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) with one line;
+2. every tensor, read through TensorFlow's own reader, which checks each
+   tensor's CRC32C.  A failure here is recorded per tensor and the others
+   are still checked, so the report names every bad tensor.
+
+With ``against``, the values are also compared with another checkpoint:
+names, dtypes, shapes, and values bit for bit (a NaN equals a NaN at the same
+place, whatever its payload).
+
+Example::
+
+    >>> report = verify("runs/bert/model.ckpt-1000")       # doctest: +SKIP
+    >>> report.ok, len(report.bad)                          # doctest: +SKIP
+    (True, 0)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, BadCheckpointError
+from .sizes import format_size
+from .source import Checkpoint, open_checkpoint
+
+#: Per-tensor statuses.
+OK = "ok"
+BAD = "bad"  # unreadable: checksum mismatch, truncated, ...
+DIFFERENT = "different"  # readable, but differs from ``against``
+ONLY_HERE = "only-here"  # not in ``against``
+ONLY_OTHER = "only-in-other"  # in ``against`` only
+
+
+@dataclass
+class TensorCheck:
+    """The verdict on one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    status: str = OK
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes,
+                "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    """Per-tensor results of :func:`verify`; ``exit_code`` is what the CLI returns."""
+
+    prefix: str
+    against: str | None = None
+    tensors: list[TensorCheck] = field(default_factory=list)
+
+    @property
+    def bad(self) -> list[TensorCheck]:
+        return [t for t in self.tensors if t.status == BAD]
+
+    @property
+    def differences(self) -> list[TensorCheck]:
+        return [t for t in self.tensors if t.status in (DIFFERENT, ONLY_HERE, ONLY_OTHER)]
+
+    @property
+    def ok(self) -> bool:
+        """Every tensor read back intact (and, with ``against``, equal)."""
+        return not self.bad and not self.differences
+
+    @property
+    def exit_code(self) -> int:
+        if self.bad:
+            return EXIT_BAD_INPUT
+        if self.differences:
+            return EXIT_DIFFERENT
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prefix": self.prefix, "against": self.against, "ok": self.ok,
+            "num_tensors": sum(t.status != ONLY_OTHER for t in self.tensors),
+            "bad": [t.name for t in self.bad],
+            "differences": [t.name for t in self.differences],
+            "tensors": [t.to_json() for t in self.tensors],
+        }
+
+    def summary(self) -> str:
+        n = sum(t.status != ONLY_OTHER for t in self.tensors)
+        text = f"{n} tensors: {n - len(self.bad)} readable, {len(self.bad)} bad"
+        if self.against is not None:
+            text += f"; against {self.against}: {len(self.differences)} differences"
+        return text
+
+    def render(self) -> str:
+        """A table, one row per tensor, then one line per problem, then a summary."""
+        rows = [(t.name, t.dtype, str(list(t.shape)) if t.status != ONLY_OTHER else "", format_size(t.nbytes),
+                 t.status) for t in self.tensors]
+        header = ("name", "dtype", "shape", "size", "status")
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+        for r in rows:
+            lines.append("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]),
+                                    r[3].rjust(widths[3]), r[4]]).rstrip())
+        for t in self.tensors:
+            if t.status != OK:
+                lines.append(f"{t.status.upper()}: {t.name}: {t.detail}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def error_line(self) -> str | None:
+        """One line for stderr naming what is wrong, or None when all is well."""
+        if self.bad:
+            names = ", ".join(repr(t.name) for t in self.bad[:5]) + (" ..." if len(self.bad) > 5 else "")
+            first = self.bad[0]
+            return (f"{self.prefix}: {len(self.bad)} bad tensor{'s' if len(self.bad) != 1 else ''}: {names} "
+                    f"(first: {first.detail})")
+        if self.differences:
+            names = ", ".join(repr(t.name) for t in self.differences[:5]) + (" ..." if len(self.differences) > 5 else "")
+            return f"{self.prefix}: differs from {self.against} in {len(self.differences)} tensors: {names}"
+        return None
+
+
+def verify(
+    path: str | os.PathLike | Checkpoint,
+    against: str | os.PathLike | Checkpoint | None = None,
+    *,
+    on_tensor: Callable[[TensorCheck], None] | None = None,
+) -> VerifyReport:
+    """Validate ``path``'s index, read every tensor (TF checks each CRC32C).
+
+    Raises :class:`BadCheckpointError` when the index or the layout of the
+    data shards is broken (nothing can be read reliably); a tensor that fails
+    to read is reported as ``bad`` in the returned :class:`VerifyReport` and
+    the others are still checked.  With ``against``, also compare names,
+    dtypes, shapes and values (bit-exact, NaN-aware) with that checkpoint.
+    ``on_tensor`` is called after each tensor (for progress).
+    """
+    ckpt = open_checkpoint(path)
+    other = open_checkpoint(against) if against is not None else None
+    report = VerifyReport(ckpt.prefix, other.prefix if other is not None else None)
+    notify = on_tensor or (lambda check: None)
+    for info in ckpt:
+        check = TensorCheck(info.name, info.dtype, info.shape, info.nbytes)
+        report.tensors.append(check)
+        try:
+            value = ckpt.read(info.name)
+        except BadCheckpointError as exc:
+            if exc.tensor is None:
+                raise  # the checkpoint as a whole cannot be opened
+            check.status, check.detail = BAD, exc.detail
+            notify(check)
+            continue
+        if other is not None:
+            _compare(check, value, other)
+        del value
+        notify(check)
+    if other is not None:
+        for info in other:
+            if info.name not in ckpt:
+                check = TensorCheck(info.name, info.dtype, info.shape, info.nbytes, ONLY_OTHER,
+                                    f"only in {other.prefix}")
+                report.tensors.append(check)
+                notify(check)
+    return report
+
+
+def _compare(check: TensorCheck, value: np.ndarray, other: Checkpoint) -> None:
+    if check.name not in other:
+        check.status, check.detail = ONLY_HERE, f"not in {other.prefix}"
+        return
+    info = other.info(check.name)
+    if (info.dtype, tuple(info.shape)) != (check.dtype, tuple(check.shape)):
+        check.status = DIFFERENT
+        check.detail = f"{check.dtype}{list(check.shape)} here, {info.dtype}{list(info.shape)} in other"
+        return
+    try:
+        theirs = other.read(check.name)
+    except BadCheckpointError as exc:
+        # The other side is unreadable: a difference, not a fault of this checkpoint.
+        check.status, check.detail = DIFFERENT, f"unreadable in {other.prefix}: {exc.detail}"
+        return
+    differing = count_differences(value, theirs)
+    if differing:
+        check.status = DIFFERENT
+        check.detail = f"{differing} of {max(value.size, 1)} elements differ"
+
+
+def count_differences(x: np.ndarray, y: np.ndarray) -> int:
+    """Elements whose bits differ, NaN counting as equal to NaN; 0 when identical."""
+    if x.shape != y.shape:
+        return max(x.size, y.size, 1)
+    if x.dtype == np.object_ or y.dtype == np.object_:
+        xs, ys = x.reshape(-1), y.reshape(-1)
+        return sum(_as_bytes(a) != _as_bytes(b) for a, b in zip(xs, ys))
+    if x.dtype != y.dtype:
+        return max(x.size, 1)
+    if x.tobytes() == y.tobytes():
+        return 0
+    bx = _bits(x)
+    by = _bits(y)
+    differ = np.any(bx != by, axis=-1) if bx.ndim > 1 else bx != by
+    if differ.any() and _is_floating(x):
+        differ &= ~(_isnan(x).reshape(-1) & _isnan(y).reshape(-1))
+    return int(np.count_nonzero(differ))
+
+
+def _as_bytes(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode()
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """One row of raw bytes per element (or one unsigned int per element)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    size = a.dtype.itemsize
+    uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(size)
+    if uint is not None:
+        return flat.view(uint)
+    return flat.view(np.uint8).reshape(flat.size, size)
+
+
+def _is_floating(a: np.ndarray) -> bool:
+    if a.dtype.kind in "fc":
+        return True
+    return a.dtype.name in ("bfloat16",) or a.dtype.name.startswith("float8")
+
+
+def _isnan(a: np.ndarray) -> np.ndarray:
+    try:
+        return np.isnan(a)
+    except TypeError:
+        return np.isnan(a.astype(np.float32))

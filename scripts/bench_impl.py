@@ -1,0 +1,801 @@
+"""Benchmark ckptsurgery against cp, a load-everything script and the TF1 graph recipe.
+
+Run through ``scripts/bench`` (which sets up .venv first).  See ``--help``.
+
+The driver process never imports TensorFlow: every competitor, the data
+generator and the output checks run as their own child process, so each
+measurement's wall time and peak RSS belong to that child alone.  Children
+are measured with ``/usr/bin/time`` when it exists, else through a fresh
+Python wrapper process that reports ``getrusage(RUSAGE_CHILDREN)``.
+
+Internal modes (``bench_impl.py _generate ...`` and so on) are the child
+processes; they are not part of the user interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / ".bench"
+GENERATOR_VERSION = 2
+GROUP_BYTES = 256 * 10**6
+MB = 10**6
+GB = 10**9
+TIME_BIN = "/usr/bin/time"
+
+ROWS = {
+    "cp": "cp of .index + .data-* into a new folder (no fsync)",
+    "cp-sync": "cp followed by sync (data on disk, like ckptsurgery's default)",
+    "copy": "ckptsurgery copy (default: 256MB budget, 1 worker, fsync)",
+    "copy-nofsync": "ckptsurgery copy --no-fsync",
+    "copy-w2": "ckptsurgery copy --workers 2 --no-fsync (informational)",
+    "load-copy": "load-everything copy: every tensor into an eager tf.Variable, Saver.save",
+    "edit": "ckptsurgery edit --drop-optimizer --rename '^bert/' 'encoder/'",
+    "load-edit": "load-everything edit: same surgery with everything in memory",
+    "graph-edit": "TF1 graph recipe: restore in a Session, assign into renamed variables, Saver.save",
+    "scale4": "ckptsurgery copy on the 4x-layers checkpoint (--full only)",
+    "average": "ckptsurgery average of 8 BERT-base checkpoints vs the tensor2tensor recipe, 2 vs 16 inputs",
+}
+DEFAULT_ROWS = ["cp", "cp-sync", "copy", "copy-nofsync", "copy-w2", "load-copy", "edit", "load-edit", "graph-edit",
+                "scale4", "average"]
+
+
+# ---------------------------------------------------------------------------
+# Synthetic checkpoints
+# ---------------------------------------------------------------------------
+
+def bert_spec(layers: int, hidden: int, *, adam: bool, vocab: int = 30522, max_pos: int = 512,
+              seed: int = 0, step: int = 1000) -> dict:
+    """Variable list of google-research/bert's BertModel + pre-training heads (+ AdamW slots)."""
+    inter = 4 * hidden
+    variables: list[tuple[str, list[int]]] = []
+
+    def add(name, shape):
+        variables.append((name, list(shape)))
+
+    def dense(scope, n_in, n_out):
+        add(f"{scope}/kernel", [n_in, n_out])
+        add(f"{scope}/bias", [n_out])
+
+    def layer_norm(scope):
+        add(f"{scope}/beta", [hidden])
+        add(f"{scope}/gamma", [hidden])
+
+    add("bert/embeddings/word_embeddings", [vocab, hidden])
+    add("bert/embeddings/token_type_embeddings", [2, hidden])
+    add("bert/embeddings/position_embeddings", [max_pos, hidden])
+    layer_norm("bert/embeddings/LayerNorm")
+    for i in range(layers):
+        p = f"bert/encoder/layer_{i}"
+        for part in ("query", "key", "value"):
+            dense(f"{p}/attention/self/{part}", hidden, hidden)
+        dense(f"{p}/attention/output/dense", hidden, hidden)
+        layer_norm(f"{p}/attention/output/LayerNorm")
+        dense(f"{p}/intermediate/dense", hidden, inter)
+        dense(f"{p}/output/dense", inter, hidden)
+        layer_norm(f"{p}/output/LayerNorm")
+    dense("bert/pooler/dense", hidden, hidden)
+    dense("cls/predictions/transform/dense", hidden, hidden)
+    add("cls/predictions/transform/LayerNorm/beta", [hidden])
+    add("cls/predictions/transform/LayerNorm/gamma", [hidden])
+    add("cls/predictions/output_bias", [vocab])
+    add("cls/seq_relationship/output_weights", [2, hidden])
+    add("cls/seq_relationship/output_bias", [2])
+
+    tensors = []
+    for name, shape in variables:
+        tensors.append([name, shape, "float32"])
+        if adam:
+            tensors.append([name + "/adam_m", shape, "float32"])
+            tensors.append([name + "/adam_v", shape, "float32"])
+    tensors.append(["global_step", [], "int64"])
+    return {"generator": GENERATOR_VERSION, "layers": layers, "hidden": hidden, "adam": adam, "seed": seed,
+            "step": step, "tensors": tensors, "nbytes": sum(_nbytes(s, d) for _, s, d in tensors)}
+
+
+def _nbytes(shape, dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * (8 if dtype == "int64" else 4)
+
+
+def spec_digest(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_checkpoint(folder: Path, spec: dict, log) -> str:
+    """Generate the checkpoint described by ``spec`` in ``folder`` unless a matching one is cached."""
+    prefix = folder / f"model.ckpt-{spec['step']}"
+    spec_file = folder / "spec.json"
+    want = dict(spec, digest=spec_digest(spec))
+    if spec_file.is_file() and Path(str(prefix) + ".index").is_file():
+        try:
+            if json.loads(spec_file.read_text()).get("digest") == want["digest"]:
+                log(f"  cached: {folder.relative_to(ROOT)} ({spec['nbytes'] / GB:.2f} GB)")
+                return str(prefix)
+        except ValueError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "spec.json").write_text(json.dumps(want))
+    log(f"  generating {folder.relative_to(ROOT)}: {len(spec['tensors'])} tensors, {spec['nbytes'] / GB:.2f} GB ...")
+    t0 = time.perf_counter()
+    _check_call([sys.executable, __file__, "_generate", str(tmp / "spec.json"), str(tmp / prefix.name)],
+                BENCH / "logs" / f"generate-{folder.name}.log")
+    tmp.rename(folder)
+    log(f"  generated in {time.perf_counter() - t0:.0f} s")
+    return str(prefix)
+
+
+def child_generate(spec_path: str, prefix: str) -> None:
+    """Write the checkpoint group by group (~256 MB each) with SaveV2, then merge: bounded memory."""
+    import numpy as np
+    import tensorflow as tf
+
+    spec = json.loads(Path(spec_path).read_text())
+    rng = np.random.default_rng(spec["seed"])
+    parts: list[str] = []
+    group: list[tuple[str, object]] = []
+    group_bytes = 0
+
+    def flush():
+        nonlocal group, group_bytes
+        if not group:
+            return
+        part = f"{prefix}.parts/{len(parts):05d}/part"
+        os.makedirs(os.path.dirname(part), exist_ok=True)
+        tf.raw_ops.SaveV2(prefix=part, tensor_names=[n for n, _ in group], shape_and_slices=[""] * len(group),
+                          tensors=[tf.constant(a) for _, a in group])
+        parts.append(part)
+        group, group_bytes = [], 0
+
+    for name, shape, dtype in spec["tensors"]:
+        if dtype == "int64":
+            array = np.array(spec["step"], dtype=np.int64).reshape(shape)
+        else:
+            array = rng.standard_normal(shape, dtype=np.float32)
+        if group and group_bytes + array.nbytes > GROUP_BYTES:
+            flush()
+        group.append((name, array))
+        group_bytes += array.nbytes
+    flush()
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=parts, destination_prefix=prefix, delete_old_dirs=True)
+    shutil.rmtree(prefix + ".parts", ignore_errors=True)
+    os.sync()
+
+
+# ---------------------------------------------------------------------------
+# Competitors that are not ckptsurgery (run as child processes)
+# ---------------------------------------------------------------------------
+
+def _is_optimizer(name: str) -> bool:
+    return name.endswith("/adam_m") or name.endswith("/adam_v")
+
+
+def _rename(name: str) -> str:
+    return re.sub(r"^bert/", "encoder/", name)
+
+
+def _quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def child_bare_tf() -> None:
+    _quiet_tf()
+
+
+def child_load_copy(src: str, dst: str) -> None:
+    """Load-everything copy: every tensor into an eager tf.Variable, then Saver.save."""
+    tf = _quiet_tf()
+    reader = tf.train.load_checkpoint(src)
+    variables = {}
+    for name in sorted(reader.get_variable_to_shape_map()):
+        variables[name] = tf.Variable(reader.get_tensor(name))
+    tf.compat.v1.train.Saver(var_list=variables).save(None, dst, write_meta_graph=False)
+
+
+def child_load_edit(src: str, dst: str) -> None:
+    """Load-everything edit: read ALL tensors, keep non-optimizer ones, rename, Variables, Saver.save."""
+    tf = _quiet_tf()
+    reader = tf.train.load_checkpoint(src)
+    values = {name: reader.get_tensor(name) for name in sorted(reader.get_variable_to_shape_map())}
+    variables = {_rename(name): tf.Variable(value) for name, value in values.items() if not _is_optimizer(name)}
+    tf.compat.v1.train.Saver(var_list=variables).save(None, dst, write_meta_graph=False)
+
+
+def child_graph_edit(src: str, dst: str) -> None:
+    """The TF1 graph recipe, emulated without a meta graph (see NOTES in the results)."""
+    tf = _quiet_tf()
+    v1 = tf.compat.v1
+    reader = tf.train.load_checkpoint(src)
+    shapes = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
+    graph = tf.Graph()
+    with graph.as_default():
+        old = {}
+        with v1.variable_scope("old"):
+            for name in sorted(shapes):
+                old[name] = v1.get_variable(name, shape=shapes[name], dtype=dtypes[name],
+                                            initializer=v1.zeros_initializer(), trainable=False)
+        new, assigns = {}, []
+        with v1.variable_scope("new"):
+            for name in sorted(shapes):
+                if _is_optimizer(name):
+                    continue
+                var = v1.get_variable(_rename(name), shape=shapes[name], dtype=dtypes[name],
+                                      initializer=v1.zeros_initializer(), trainable=False)
+                new[_rename(name)] = var
+                assigns.append(v1.assign(var, old[name]))
+        restore = v1.train.Saver(var_list=old)
+        save = v1.train.Saver(var_list=new)
+        with v1.Session(graph=graph) as sess:
+            restore.restore(sess, src)
+            sess.run(tf.group(*assigns))
+            save.save(sess, dst, write_meta_graph=False)
+
+
+def child_t2t_average(out: str, *inputs: str) -> None:
+    """tensor2tensor avg_checkpoints.py, TF2 eager edition: float64 accumulators for the whole model."""
+    import numpy as np
+
+    tf = _quiet_tf()
+    first = tf.train.load_checkpoint(inputs[0])
+    shapes = first.get_variable_to_shape_map()
+    dtypes = first.get_variable_to_dtype_map()
+    sums = {name: np.zeros(shape) for name, shape in shapes.items()}
+    for path in inputs:
+        reader = tf.train.load_checkpoint(path)
+        for name in sums:
+            sums[name] += reader.get_tensor(name)
+    variables = {}
+    for name in sorted(sums):
+        variables[name] = tf.Variable((sums[name] / len(inputs)).astype(dtypes[name].as_numpy_dtype))
+    tf.compat.v1.train.Saver(var_list=variables).save(None, out, write_meta_graph=False)
+
+
+def child_verify(mode: str, out: str, *srcs: str) -> None:
+    """Check names/shapes/dtypes of the output and the values of a few tensors; exit 1 on mismatch."""
+    import numpy as np
+
+    tf = _quiet_tf()
+    src = tf.train.load_checkpoint(srcs[0])
+    got = tf.train.load_checkpoint(out)
+    src_shapes, src_dtypes = src.get_variable_to_shape_map(), src.get_variable_to_dtype_map()
+    if mode == "edit":
+        expect = {_rename(n): n for n in src_shapes if not _is_optimizer(n)}
+    else:
+        expect = {n: n for n in src_shapes}
+    got_shapes, got_dtypes = got.get_variable_to_shape_map(), got.get_variable_to_dtype_map()
+    problems = []
+    if set(got_shapes) != set(expect):
+        problems.append(f"names differ: missing {sorted(set(expect) - set(got_shapes))[:3]}, "
+                        f"extra {sorted(set(got_shapes) - set(expect))[:3]}")
+    for new, old in expect.items():
+        if new in got_shapes and (list(got_shapes[new]) != list(src_shapes[old]) or got_dtypes[new] != src_dtypes[old]):
+            problems.append(f"{new}: shape/dtype differs")
+    samples = [n for n in ("bert/embeddings/word_embeddings", "bert/encoder/layer_0/output/dense/kernel",
+                           "cls/predictions/output_bias", "global_step") if n in src_shapes]
+    for old in samples:
+        new = _rename(old) if mode == "edit" else old
+        if new not in got_shapes:
+            continue
+        if mode == "average":
+            if src_dtypes[old].is_floating:
+                want = (sum(tf.train.load_checkpoint(p).get_tensor(old).astype(np.float64) for p in srcs)
+                        / len(srcs)).astype(np.float32)
+                if not np.allclose(got.get_tensor(new), want, rtol=1e-5, atol=1e-6):
+                    problems.append(f"{new}: value is not the mean of the inputs")
+        elif not np.array_equal(got.get_tensor(new), src.get_tensor(old)):
+            problems.append(f"{new}: value differs from the source")
+    if problems:
+        print("VERIFY FAILED: " + "; ".join(problems[:5]))
+        sys.exit(1)
+    print(f"verified {len(got_shapes)} tensors")
+
+
+def child_rusage_wrapper(out_file: str, *cmd: str) -> None:
+    """Fallback measurement when /usr/bin/time is missing: run cmd, report wall and RUSAGE_CHILDREN."""
+    import resource
+
+    t0 = time.perf_counter()
+    rc = subprocess.call(list(cmd))
+    wall = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    Path(out_file).write_text(f"{wall:.3f} {ru.ru_maxrss} {ru.ru_utime:.2f} {ru.ru_stime:.2f} {rc}\n")
+    sys.exit(rc)
+
+
+CHILDREN = {
+    "_generate": child_generate, "_bare_tf": child_bare_tf, "_load_copy": child_load_copy,
+    "_load_edit": child_load_edit, "_graph_edit": child_graph_edit, "_t2t_average": child_t2t_average,
+    "_verify": child_verify, "_rusage": child_rusage_wrapper,
+}
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    row: str
+    label: str
+    wall: float | None = None
+    rss: int | None = None  # bytes
+    cpu: float | None = None
+    ok: bool = True
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_call(cmd: list[str], log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        tail = "".join(log_path.read_text().splitlines(True)[-15:])
+        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}\n{tail}")
+
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+class Runner:
+    def __init__(self, cold: bool, log):
+        self.cold = cold
+        self.log = log
+        self.use_time = os.access(TIME_BIN, os.X_OK)
+
+    def measure(self, row: str, label: str, cmd: list[str], *, cleanup: list[Path] = (), verify=None) -> Result:
+        """Run ``cmd`` as its own measured child; cold page cache when possible, else after a warm-up."""
+        result = Result(row, label)
+        log_path = BENCH / "logs" / f"{row}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def reset():
+            for path in cleanup:
+                shutil.rmtree(path, ignore_errors=True)
+                path.mkdir(parents=True, exist_ok=True)
+            os.sync()
+
+        if not self.cold:  # warm-up run so every row sees the same (warm) cache
+            reset()
+            with open(log_path, "w") as log:
+                subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        reset()
+        if self.cold:
+            drop_caches()
+        stats = BENCH / "logs" / f"{row}.time"
+        if self.use_time:
+            wrapped = [TIME_BIN, "-o", str(stats), "-f", "%e %M %U %S %x", *cmd]
+        else:
+            wrapped = [sys.executable, __file__, "_rusage", str(stats), *cmd]
+        self.log(f"  [{row}] {' '.join(_short(c) for c in cmd)}")
+        t0 = time.perf_counter()
+        with open(log_path, "w") as log:
+            rc = subprocess.call(wrapped, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+        fields = stats.read_text().split()[-5:] if stats.is_file() else []
+        if rc != 0 or len(fields) < 5:
+            result.ok = False
+            tail = [line for line in log_path.read_text().splitlines() if line.strip()][-3:]
+            result.error = f"exit {rc}: " + " | ".join(tail)[:300]
+            self.log(f"    FAILED {result.error}")
+            return result
+        result.wall = wall
+        result.rss = int(fields[1]) * 1024
+        result.cpu = float(fields[2]) + float(fields[3])
+        self.log(f"    {wall:.1f} s, peak RSS {result.rss / MB:.0f} MB, CPU {result.cpu:.1f} s")
+        if verify is not None:
+            vlog = BENCH / "logs" / f"{row}.verify.log"
+            with open(vlog, "w") as log:
+                vrc = subprocess.call([sys.executable, __file__, "_verify", *verify], stdout=log, stderr=subprocess.STDOUT)
+            if vrc != 0:
+                result.ok = False
+                result.error = "output check failed: " + vlog.read_text().strip().splitlines()[-1][:300]
+                self.log(f"    {result.error}")
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+        return result
+
+
+def _short(text: str) -> str:
+    text = str(text)
+    if text.startswith(str(ROOT) + "/"):
+        return text[len(str(ROOT)) + 1:]
+    return text if text != sys.executable else "python"
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ckptsurgery", *args]
+
+
+def average_available() -> bool:
+    return subprocess.call(cli("average", "--help"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    versions = subprocess.run(
+        [sys.executable, "-c", "import tensorflow as tf, numpy as np; print(tf.__version__, np.__version__)"],
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    ).stdout.split()
+    fs = "?"
+    try:
+        out = subprocess.run(["df", "-T", str(BENCH)], capture_output=True, text=True).stdout.splitlines()[-1].split()
+        fs = f"{out[1]} on {out[0]}"
+    except (OSError, IndexError):
+        pass
+    return {"nproc": os.cpu_count(), "ram": ram, "cpu": cpu, "tf": versions[0] if versions else "?",
+            "numpy": versions[1] if len(versions) > 1 else "?", "python": platform.python_version(),
+            "kernel": platform.release(), "fs": fs}
+
+
+def fmt_s(x):
+    return "—" if x is None else f"{x:.1f}"
+
+
+def fmt_mb(x):
+    return "—" if x is None else f"{x / MB:,.0f}"
+
+
+def render(results: dict[str, Result], targets: list[tuple[str, str, str, bool | None]], info: dict,
+           context: dict, notes: list[str]) -> str:
+    bare = results.get("bare")
+    lines = [
+        "# ckptsurgery benchmark",
+        "",
+        f"- date: {context['date']}",
+        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram'] / 2**30:.1f} GiB RAM, "
+        f"{info['fs']}, Linux {info['kernel']}",
+        f"- software: TensorFlow {info['tf']}, numpy {info['numpy']}, Python {info['python']}",
+        f"- checkpoint: synthetic BERT-large with AdamW slots, {context['ckpt']}",
+        f"- page cache: {context['cache']}",
+        f"- bare `import tensorflow` process: peak RSS {fmt_mb(bare.rss if bare else None)} MB "
+        f"(the 'above TF' column subtracts this)",
+        "",
+        "| Row | What | Wall (s) | × ref | Peak RSS (MB) | RSS above TF (MB) | CPU (s) | Targets |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for key, r in results.items():
+        if key == "bare":
+            continue
+        if not r.ok:
+            lines.append(f"| {key} | {r.label} | ERROR | | | | | {r.error.replace('|', '/')} |")
+            continue
+        above = "—" if (bare is None or r.rss is None or key.startswith("cp")) else f"{(r.rss - bare.rss) / MB:,.0f}"
+        ratio = context["ratios"].get(key, "")
+        row_targets = [f"{name}: {'PASS' if ok else 'FAIL'}" for (k, name, _, ok) in targets if k == key and ok is not None]
+        lines.append(f"| {key} | {r.label} | {fmt_s(r.wall)} | {ratio} | {fmt_mb(r.rss)} | {above} | "
+                     f"{fmt_s(r.cpu)} | {'; '.join(row_targets)} |")
+    if targets:
+        lines += ["", "| Target | Measured | Result |", "|---|---|---|"]
+        for _, name, measured, ok in targets:
+            lines.append(f"| {name} | {measured} | {'—' if ok is None else 'PASS' if ok else 'FAIL'} |")
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="scripts/bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure ckptsurgery's wall time and peak RSS against cp, a load-everything script and\n"
+                    "the TF1 graph recipe on a synthetic BERT-large checkpoint with AdamW slots\n"
+                    "(24 layers, hidden 1024: 4.0 GB at --scale 1). Every competitor runs as its own\n"
+                    "child process under /usr/bin/time, with the page cache dropped before each run\n"
+                    "when the kernel allows it. Prints a Markdown table and writes it to --out-md.",
+        epilog="rows (--only takes a comma-separated subset):\n"
+               + "\n".join(f"  {k:13s} {v}" for k, v in ROWS.items())
+               + "\n\nexamples:\n"
+                 "  scripts/bench                        # the 4 GB run, about 10 minutes on 2 cores\n"
+                 "  scripts/bench --scale 0.05           # smoke run: 1 layer, ~0.5 GB\n"
+                 "  scripts/bench --full --keep-data     # adds the 16 GB scale-4 memory check (~40 GB disk)\n"
+                 "  scripts/bench --only copy,edit,load-edit\n\n"
+                 "Generated checkpoints live in .bench/data/ and are reused when their spec matches;\n"
+                 "they are deleted at the end unless --keep-data. Logs: .bench/logs/.",
+    )
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the number of encoder layers (24) by S; the largest tensor stays the same "
+                        "(default 1: 4.0 GB)")
+    p.add_argument("--hidden", type=int, default=1024, help="hidden size (default 1024, BERT-large)")
+    p.add_argument("--full", action="store_true",
+                   help="also run the memory-scaling check: copy a checkpoint with 4x the layers (16 GB at --scale 1)")
+    p.add_argument("--only", metavar="ROWS", help="comma-separated rows to run (see below)")
+    p.add_argument("--keep-data", action="store_true", help="keep generated checkpoints for the next run")
+    p.add_argument("--out-md", default=str(BENCH / "results.md"), metavar="PATH",
+                   help="where to write the Markdown results (default .bench/results.md)")
+    p.add_argument("--average-peers-anyway", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    rows = DEFAULT_ROWS if not args.only else [r.strip() for r in args.only.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if "scale4" in rows and not args.full:
+        rows = [r for r in rows if r != "scale4"]
+    if args.full and "scale4" not in rows and not args.only:
+        rows.append("scale4")
+    args.rows = rows
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    BENCH.mkdir(exist_ok=True)
+    (BENCH / "logs").mkdir(exist_ok=True)
+    data = BENCH / "data"
+    out = BENCH / "out"
+    started = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - started:6.0f}s] {msg}", flush=True)
+
+    layers = max(1, round(24 * args.scale))
+    spec = bert_spec(layers, args.hidden, adam=True)
+    ckpt_desc = (f"{layers} layers, hidden {args.hidden}, {len(spec['tensors'])} tensors, "
+                 f"{spec['nbytes'] / GB:.2f} GB (largest tensor: word_embeddings "
+                 f"{30522 * args.hidden * 4 / MB:.0f} MB)")
+    info = machine_info()
+    cold = drop_caches()
+    runner = Runner(cold, log)
+    log(f"rows: {', '.join(args.rows)}; page cache {'dropped before each run' if cold else 'warm (cannot drop)'}")
+    free = shutil.disk_usage(BENCH).free
+    need = spec["nbytes"] * 2.2 + (spec["nbytes"] * 8.5 if "scale4" in args.rows else 0)
+    if free < need:
+        log(f"WARNING: {free / GB:.0f} GB free, this run may need {need / GB:.0f} GB")
+
+    results: dict[str, Result] = {}
+    notes: list[str] = []
+    ratios: dict[str, str] = {}
+    targets: list[tuple[str, str, str, bool | None]] = []
+    generated: list[Path] = []
+
+    results["bare"] = runner.measure("bare", "python -c 'import tensorflow'", [sys.executable, __file__, "_bare_tf"])
+
+    main_rows = [r for r in args.rows if r not in ("scale4", "average")]
+    src = None
+    folder = data / f"bert-L{layers}-H{args.hidden}-adam"
+    if main_rows or "scale4" in args.rows:
+        log("checkpoint:")
+        src = ensure_checkpoint(folder, spec, log)
+        generated.append(folder)
+    src_files = sorted(str(p) for p in Path(src).parent.glob(Path(src).name + ".*")) if src else []
+    base = Path(src).name if src else ""
+
+    def dest(row):
+        return out / row
+
+    def run_row(row, cmd, label, verify_mode=None, dst_prefix=None):
+        verify = [verify_mode, str(dst_prefix), src] if verify_mode else None
+        results[row] = runner.measure(row, label, cmd, cleanup=[dest(row)], verify=verify)
+
+    for row in main_rows:
+        d = dest(row)
+        prefix = d / base
+        if row == "cp":
+            run_row(row, ["cp", *src_files, str(d) + "/"], "`cp` .index + .data-* (no fsync)", "copy", prefix)
+        elif row == "cp-sync":
+            run_row(row, ["sh", "-c", 'cp "$@" && sync', "cp", *src_files, str(d) + "/"], "`cp` then `sync`",
+                    "copy", prefix)
+        elif row == "copy":
+            run_row(row, cli("copy", src, str(prefix), "--no-progress"), "`ckptsurgery copy` (default budget, fsync)",
+                    "copy", prefix)
+        elif row == "copy-nofsync":
+            run_row(row, cli("copy", src, str(prefix), "--no-progress", "--no-fsync"), "`ckptsurgery copy --no-fsync`",
+                    "copy", prefix)
+        elif row == "copy-w2":
+            run_row(row, cli("copy", src, str(prefix), "--no-progress", "--no-fsync", "--workers", "2"),
+                    "`ckptsurgery copy --workers 2 --no-fsync`", "copy", prefix)
+        elif row == "load-copy":
+            run_row(row, [sys.executable, __file__, "_load_copy", src, str(prefix)],
+                    "load-everything copy (eager Variables + Saver)", "copy", prefix)
+        elif row == "edit":
+            run_row(row, cli("edit", src, str(prefix), "--drop-optimizer", "--rename", "^bert/", "encoder/",
+                             "--no-progress"), "`ckptsurgery edit --drop-optimizer --rename` (fsync)", "edit", prefix)
+        elif row == "load-edit":
+            run_row(row, [sys.executable, __file__, "_load_edit", src, str(prefix)],
+                    "load-everything edit (same surgery)", "edit", prefix)
+        elif row == "graph-edit":
+            run_row(row, [sys.executable, __file__, "_graph_edit", src, str(prefix)],
+                    "TF1 graph recipe (same surgery)", "edit", prefix)
+
+    # -- memory scaling: same largest tensor, 4x the layers ---------------------
+    if "scale4" in args.rows:
+        layers4 = 4 * layers
+        spec4 = bert_spec(layers4, args.hidden, adam=True)
+        log(f"scale-4 checkpoint ({layers4} layers):")
+        folder4 = data / f"bert-L{layers4}-H{args.hidden}-adam"
+        src4 = ensure_checkpoint(folder4, spec4, log)
+        generated.append(folder4)
+        prefix4 = dest("scale4") / Path(src4).name
+        results["scale4"] = runner.measure(
+            "scale4", f"`ckptsurgery copy` at 4x layers ({spec4['nbytes'] / GB:.1f} GB)",
+            cli("copy", src4, str(prefix4), "--no-progress"), cleanup=[dest("scale4")],
+            verify=["copy", str(prefix4), src4])
+        if "copy" not in results:
+            results["copy"] = runner.measure("copy", "`ckptsurgery copy` (default budget, fsync)",
+                                             cli("copy", src, str(dest("copy") / base), "--no-progress"),
+                                             cleanup=[dest("copy")], verify=["copy", str(dest("copy") / base), src])
+        if not args.keep_data:
+            shutil.rmtree(folder4, ignore_errors=True)
+
+    # -- averaging (hook: runs once `ckptsurgery average` exists) ---------------
+    if "average" in args.rows:
+        available = average_available()
+        if not available and not args.average_peers_anyway:
+            log("average: not available yet")
+            notes.append("average: not available yet (`ckptsurgery average` is not a command of this build); "
+                         "rows skipped.")
+        else:
+            run_average(args, runner, results, ratios, notes, generated, available, log)
+
+    # -- ratios and targets ------------------------------------------------------
+    def ok(key):
+        return key in results and results[key].ok and results[key].wall is not None
+
+    if ok("cp"):
+        for key in ("cp-sync", "copy", "copy-nofsync", "copy-w2", "load-copy"):
+            if ok(key):
+                ratios[key] = f"{results[key].wall / results['cp'].wall:.2f}× cp"
+    if ok("load-edit"):
+        for key in ("edit", "graph-edit"):
+            if ok(key):
+                ratios[key] = f"{results[key].wall / results['load-edit'].wall:.2f}× load-edit"
+    if ok("cp-sync") and ok("copy"):
+        notes.append(f"`ckptsurgery copy` (fsync) vs `cp`+`sync`: {results['copy'].wall / results['cp-sync'].wall:.2f}×.")
+    for key in ("copy", "copy-nofsync"):
+        if ok(key) and ok("cp"):
+            r = results[key].wall / results["cp"].wall
+            targets.append((key, "wall ≤ 1.5× cp", f"{key}: {r:.2f}× cp", r <= 1.5))
+        if ok(key):
+            targets.append((key, "peak RSS < 1 GB", f"{key}: {results[key].rss / MB:,.0f} MB", results[key].rss < GB))
+    if ok("scale4") and ok("copy"):
+        r = results["scale4"].rss / results["copy"].rss
+        ratios["scale4"] = f"RSS {r:.2f}× copy"
+        targets.append(("scale4", "scale-4 peak RSS ≤ 1.10× scale-1",
+                        f"{results['scale4'].rss / MB:,.0f} / {results['copy'].rss / MB:,.0f} MB = {r:.2f}×", r <= 1.10))
+    if ok("edit"):
+        if ok("load-edit"):
+            r = results["edit"].wall / results["load-edit"].wall
+            targets.append(("edit", "edit wall ≤ 0.8× load-everything", f"{r:.2f}×", r <= 0.8))
+        targets.append(("edit", "edit peak RSS < 1 GB", f"{results['edit'].rss / MB:,.0f} MB", results["edit"].rss < GB))
+
+    notes += [
+        "Wall time is measured around each child process; peak RSS is `/usr/bin/time`'s maximum resident set "
+        "size of the child (the largest process in its tree). CPU is user + system seconds."
+        if runner.use_time else
+        "Wall time is measured around each child process; peak RSS is getrusage(RUSAGE_CHILDREN).ru_maxrss "
+        "from a fresh wrapper process per measurement. CPU is user + system seconds.",
+        "`cp` and `ckptsurgery copy --no-fsync` leave dirty pages for the kernel to write back later; "
+        "`ckptsurgery copy`/`edit` (default) fsync every file before publishing, like `cp`+`sync`.",
+        "load-copy: `tf.train.load_checkpoint`, one eager `tf.Variable(reader.get_tensor(name))` per tensor "
+        "(whole model resident), then `tf.compat.v1.train.Saver(var_list={name: variable}).save(None, dst, "
+        "write_meta_graph=False)`.",
+        "load-edit: reads ALL tensors (optimizer slots included) into a dict of numpy arrays, builds eager "
+        "`tf.Variable`s for the non-optimizer ones under renamed keys (`^bert/` → `encoder/`), Saver.save as above.",
+        "graph-edit (emulated graph recipe, no meta graph exists for a synthetic checkpoint): in a `tf.Graph`, "
+        "`tf.compat.v1.get_variable` for every checkpoint variable (scope `old/`, shapes/dtypes from the reader), "
+        "`Saver(var_list={ckpt name: var}).restore(sess, src)` in a `Session`, new variables (scope `new/`) for "
+        "the non-optimizer ones, one `tf.compat.v1.assign(new, old)` each run as one group, then "
+        "`Saver(var_list={renamed: new var}).save(sess, dst, write_meta_graph=False)`.",
+        "Every output is checked after its run (names, shapes, dtypes, and values of sample tensors), "
+        "outside the timing.",
+    ]
+    context = {"date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "ckpt": ckpt_desc,
+               "cache": "dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each run" if cold
+               else "warm cache: could not drop caches; each row ran once untimed first", "ratios": ratios}
+    text = render(results, targets, info, context, notes)
+    out_md = Path(args.out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text)
+    shutil.rmtree(out, ignore_errors=True)
+    if not args.keep_data:
+        for folder in generated:
+            shutil.rmtree(folder, ignore_errors=True)
+    print()
+    print(text)
+    log(f"done; results in {_short(str(out_md))}")
+    return 0 if all(r.ok for r in results.values()) else 1
+
+
+def run_average(args, runner, results, ratios, notes, generated, available, log) -> None:
+    """ckptsurgery average vs the tensor2tensor recipe; 2 vs 16 inputs for memory."""
+    data, out = BENCH / "data", BENCH / "out"
+    log("BERT-base checkpoints for averaging:")
+    base_prefixes = []
+    for i in range(8):
+        spec = bert_spec(12, 768, adam=False, seed=100 + i, step=1000 * (i + 1))
+        folder = data / f"avg-base-{i}"
+        base_prefixes.append(ensure_checkpoint(folder, spec, log))
+        generated.append(folder)
+    size = bert_spec(12, 768, adam=False)["nbytes"]
+    dst = out / "average" / "model.ckpt"
+    if available:
+        results["average"] = runner.measure(
+            "average", f"`ckptsurgery average` of 8 × BERT-base ({size / GB:.2f} GB each)",
+            cli("average", *base_prefixes, "--out", str(dst), "--no-progress"),
+            cleanup=[out / "average"], verify=["average", str(dst), *base_prefixes])
+    dst = out / "average-t2t" / "model.ckpt"
+    results["average-t2t"] = runner.measure(
+        "average-t2t", "tensor2tensor-style average of the same 8 (float64 accumulators, Variables + Saver)",
+        [sys.executable, __file__, "_t2t_average", str(dst), *base_prefixes],
+        cleanup=[out / "average-t2t"], verify=["average", str(dst), *base_prefixes])
+    if available and results["average"].ok and results["average-t2t"].ok:
+        ratios["average"] = f"{results['average'].wall / results['average-t2t'].wall:.2f}× t2t"
+    notes.append("average-t2t: tensor2tensor avg_checkpoints.py recipe in eager TF2: float64 numpy accumulator "
+                 "per variable for the whole model, each input read tensor by tensor and added, divided by N, "
+                 "cast back, eager Variables + Saver.save.")
+    if not available:
+        notes.append("average: `ckptsurgery average` not available yet; only the tensor2tensor peer ran.")
+        return
+    log("small checkpoints for 2 vs 16 inputs:")
+    small = []
+    for i in range(16):
+        spec = bert_spec(2, 768, adam=False, seed=200 + i, step=100 * (i + 1))
+        folder = data / f"avg-small-{i}"
+        small.append(ensure_checkpoint(folder, spec, log))
+        generated.append(folder)
+    for n in (2, 16):
+        key = f"average-{n}"
+        dst = out / key / "model.ckpt"
+        results[key] = runner.measure(key, f"`ckptsurgery average` of {n} small (2-layer BERT-base) checkpoints",
+                                      cli("average", *small[:n], "--out", str(dst), "--no-progress"),
+                                      cleanup=[out / key], verify=["average", str(dst), *small[:n]])
+    if results["average-2"].ok and results["average-16"].ok:
+        ratios["average-16"] = f"RSS {results['average-16'].rss / results['average-2'].rss:.2f}× 2 inputs"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in CHILDREN:
+        CHILDREN[sys.argv[1]](*sys.argv[2:])
+        sys.exit(0)
+    sys.exit(main())
