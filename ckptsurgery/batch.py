@@ -256,8 +256,8 @@ def last_checkpoints(folder: str | os.PathLike, n: int) -> list[str]:
         listed = list(state.all_model_checkpoint_paths) if state is not None else []
         if state is not None and not listed and state.model_checkpoint_path:
             listed = [state.model_checkpoint_path]
-        prefixes = [p if os.path.isabs(p) else str(path / p) for p in listed]
-        prefixes = [p for p in prefixes if Path(p + ".index").is_file()]
+        # get_checkpoint_state has already joined relative entries to the folder.
+        prefixes = [p for p in listed if Path(p + ".index").is_file()]
         how = f"listed in {state_file} with an .index file"
     else:
         stepped = []
@@ -320,8 +320,13 @@ class MethodRule:
         if reserved:
             raise UsageError(f"{self.describe()}: {reserved[0]!r} is not a method parameter "
                              f"(weights go in the rule's weights; the seed is the merge's seed)")
-        if self.weights is not None and not isinstance(self.weights, Mapping):
-            self.weights = [float(x) for x in self.weights]
+        try:
+            if isinstance(self.weights, Mapping):
+                self.weights = {str(k): float(v) for k, v in self.weights.items()}
+            elif self.weights is not None:
+                self.weights = [float(x) for x in self.weights]
+        except (TypeError, ValueError):
+            raise UsageError(f"{self.describe()}: weights must be numbers, got {self.weights!r}") from None
 
     @property
     def needs_base(self) -> bool:
@@ -396,8 +401,9 @@ def plan_merge(
             if matched:
                 raise RuleError(f"{take.describe()} matches only optimizer state; pass --keep-optimizer to take it")
             raise _no_match(take.describe(), take.pattern, everything)
+        kept_ids = {id(d) for d in drafts}
         for d in matched:
-            if d not in drafts:
+            if id(d) not in kept_ids:
                 skipped[(take.source, d.source_name)] = None
         for pattern, replacement in take.renames:
             try:
@@ -717,9 +723,8 @@ def parse_merge_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str, wher
         output: merged/model.ckpt
     """
     spec = _mapping(where, spec, MERGE_KEYS, ("sources", "take"))
-    sources = _mapping(f"{where}.sources", spec["sources"], {str(k) for k in spec.get("sources") or {}}
-                       if isinstance(spec["sources"], Mapping) else set())
-    if not sources:
+    sources = spec["sources"]
+    if not isinstance(sources, Mapping) or not sources:
         raise UsageError(f"{where}.sources: a mapping of alias -> checkpoint path, with at least one source")
     resolved = {str(alias): resolve(path) for alias, path in sources.items()}
     takes = []
@@ -734,7 +739,9 @@ def parse_merge_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str, wher
     for i, item in enumerate(_list(f"{where}.methods", spec.get("methods") or [])):
         at = f"{where}.methods[{i}]"
         data = _mapping(at, item, METHOD_KEYS, ("pattern", "method"))
-        params = _mapping(f"{at}.params", data.get("params") or {}, set(map(str, (data.get("params") or {}))))
+        params = data.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise UsageError(f"{at}.params: a mapping of parameter -> value, e.g. {{t: 0.5}}")
         weights = data.get("weights")
         if weights is not None and not isinstance(weights, (Mapping, list)):
             raise UsageError(f"{at}.weights: a mapping of source alias -> weight, or a list")

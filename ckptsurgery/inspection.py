@@ -35,7 +35,8 @@ def scope_totals(ckpt: Checkpoint, depth: int | None = None) -> dict[str, tuple[
     """Bytes and tensor counts per scope prefix (``a``, ``a/b``, ...), up to ``depth`` levels."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for t in ckpt:
-        parts = t.name.split("/")[:-1]
+        # TF2 keys end in /.ATTRIBUTES/VARIABLE_VALUE: the variable, not a scope, is the leaf.
+        parts = t.name.split("/.ATTRIBUTES/")[0].split("/")[:-1]
         if depth is not None:
             parts = parts[:depth]
         totals["/"][0] += t.nbytes

@@ -112,7 +112,10 @@ class Plan:
         single_source = len(self.sources) == 1
         lines = []
         for e in self.entries:
-            origin = ", ".join(r.name if single_source else f"{r.source}:{r.name}" for r in e.inputs)
+            origin = ", ".join(
+                r.name if single_source else r.source if r.name == e.name else f"{r.source}:{r.name}"
+                for r in e.inputs
+            )
             if e.method:
                 origin = f"{e.method}({origin})"
             change = "" if origin == e.name else f"  <- {origin}"
@@ -123,7 +126,8 @@ class Plan:
         for ref in self.dropped:
             lines.append(f"- {ref.name if single_source else f'{ref.source}:{ref.name}'}  (dropped)")
         if self.object_graph is not None:
-            lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, rewritten)")
+            how = "rewritten to match" if self.object_graph.key_map else "carried unchanged"
+            lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, {how})")
         lines.append(
             f"plan: {len(self.entries)} tensors out, {len(self.dropped)} dropped; "
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"

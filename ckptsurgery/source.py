@@ -91,9 +91,7 @@ def _prefix_from_state_file(state_file: Path) -> str:
         raise BadCheckpointError(str(state_file), f"unreadable checkpoint state file: {exc}") from None
     if state is None or not state.model_checkpoint_path:
         raise BadCheckpointError(str(state_file), "checkpoint state file names no model_checkpoint_path")
-    prefix = state.model_checkpoint_path
-    if not os.path.isabs(prefix):
-        prefix = str(state_file.parent / prefix)
+    prefix = state.model_checkpoint_path  # TF already resolved a relative path against the folder
     if not Path(prefix + ".index").is_file():
         raise BadCheckpointError(str(state_file), f"state file points to {prefix}, which has no .index file")
     return prefix
@@ -206,6 +204,10 @@ class Checkpoint:
         try:
             value = self._reader.get_tensor(name)
         except Exception as exc:
+            # A failed read (e.g. a bad checksum in a slice of a partitioned variable) leaves
+            # TF's reader in a sticky error state; its next call would CHECK-fail and abort
+            # the process.  Drop it, so the next read gets a fresh reader.
+            self._reader = None
             raise BadCheckpointError(self.prefix, _tf_message(exc), name) from None
         if info.dtype == "string":
             return np.asarray(value, dtype=object).reshape(info.shape)

@@ -21,7 +21,12 @@ STAMP="$VENV/.ckptsurgery-installed"
 WANT="$(cat "$ROOT/pyproject.toml"; echo "extras=$EXTRAS")"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "installing ckptsurgery${EXTRAS:+[$EXTRAS]} into $VENV (first run downloads TensorFlow)" >&2
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${EXTRAS:+[$EXTRAS]}" >&2
+  LOG="$VENV/.ckptsurgery-install.log"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT${EXTRAS:+[$EXTRAS]}" >"$LOG" 2>&1; then
+    tail -n 30 "$LOG" >&2
+    echo "set-up failed: pip could not install ckptsurgery (full log: $LOG)" >&2
+    exit 1
+  fi
   printf '%s' "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
