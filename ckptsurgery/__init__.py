@@ -19,7 +19,7 @@ from .plan import Plan, plan_edit  # noqa: E402
 from .publish import clean  # noqa: E402
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize  # noqa: E402
 from .source import Checkpoint, TensorInfo, open_checkpoint  # noqa: E402
-from .warmstart import TransferReport, transfer_into_variables  # noqa: E402
+from .warmstart import TransferReport, transfer_into_variables, variables_by_key  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,5 +27,5 @@ __all__ = [
     "BadCheckpointError", "Cast", "Checkpoint", "CkptSurgeryError", "Drop", "DropOptimizer", "Keep",
     "NonFiniteError", "OutputError", "Plan", "PlanError", "Rename", "Resize", "RuleError", "TensorInfo",
     "TransferReport", "UsageError", "WriteOptions", "WriteResult", "clean", "copy", "diff", "edit", "inspect",
-    "open_checkpoint", "plan_edit", "run_recipe", "transfer", "transfer_into_variables",
+    "open_checkpoint", "plan_edit", "run_recipe", "transfer", "transfer_into_variables", "variables_by_key",
 ]

@@ -89,7 +89,8 @@ def combine(entry: OutputEntry, read: Callable[[TensorRef], np.ndarray]) -> np.n
         return streaming_linear(lazy, len(refs), call.weights, call.params.get("normalize", True), entry.name)
     if call.method == "task_arithmetic" and base is not None and not call.params:
         return streaming_task_arithmetic(base, lazy, len(refs), call.weights, entry.name)
-    arrays = list(lazy)
+    # float64 here (exact for every floating dtype): apply_method does not take bfloat16 arrays.
+    arrays = [np.asarray(array).astype(np.float64) for array in lazy]
     return apply_method(call.method, arrays, weights=call.weights, base=base, seed=call.seed, **call.params)
 
 

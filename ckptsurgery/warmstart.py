@@ -230,3 +230,43 @@ def transfer_into_variables(
 def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", str(dtype))
     return {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
+
+
+def variables_by_key(root: Any) -> dict[str, Any]:
+    """Live variables under ``root`` by the checkpoint key TF2 would save them as.
+
+    ``root`` is what you pass to ``tf.train.Checkpoint`` (or the Checkpoint
+    itself): ``variables_by_key(tf.train.Checkpoint(model=model))`` gives
+    ``{"model/encoder/kernel/.ATTRIBUTES/VARIABLE_VALUE": <tf.Variable>, ...}``,
+    the names a transfer report uses, so a training script can freeze exactly
+    the transferred variables.  Like TF, it walks the object graph breadth
+    first and names each object by the first path that reaches it.
+    """
+    from ._tf import tf
+
+    tf_ = tf()
+    view = tf_.train.TrackableView(root)
+    seen: set[int] = {id(root)}
+    queue: list[tuple[str, Any]] = [("", root)]
+    found: dict[str, Any] = {}
+    while queue:
+        path, obj = queue.pop(0)
+        for name, child in view.children(obj).items():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            child_path = f"{path}/{_escape(name)}" if path else _escape(name)
+            if isinstance(child, tf_.Variable) or _looks_like_variable(child):
+                found[f"{child_path}/.ATTRIBUTES/VARIABLE_VALUE"] = child
+            queue.append((child_path, child))
+    return found
+
+
+def _escape(local_name: str) -> str:
+    """TF's escaping of object names inside checkpoint keys ('.' -> '.S', '/' -> '..')."""
+    return local_name.replace(".", ".S").replace("/", "..")
+
+
+def _looks_like_variable(obj: Any) -> bool:
+    """Keras 3 variables wrap a tf.Variable without subclassing it; they save like one."""
+    return all(hasattr(obj, attr) for attr in ("assign", "shape", "dtype", "numpy"))

@@ -159,12 +159,12 @@ class ShardWriter:
     def _save_group(self, prefix: str, group: list[tuple[str, np.ndarray]], nbytes: int) -> None:
         tf_ = tf()
         names = [name for name, _ in group]
-        tensors = [tf_.constant(array) for _, array in group]
         try:
+            tensors = [tf_.constant(array) for _, array in group]
             tf_.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
             faults.at("group-saved")
         except Exception as exc:
-            raise _write_error(prefix, exc) from None
+            raise _write_error(self.dest_prefix, exc) from None
         self._on_written(nbytes)
 
     def _wait(self, keep: int = 0) -> None:
@@ -189,20 +189,26 @@ class ShardWriter:
             )
             faults.at("after-merge")
         except Exception as exc:
-            raise _write_error(merged, exc) from None
+            raise _write_error(self.dest_prefix, exc) from None
         if self._check is not None:
             self._check(merged)
         try:
             self.published = publish(self._staging, durable=self.durable)
         except OSError as exc:
             raise _write_error(self.dest_prefix, exc) from None
-        faults.at("after-publish")
-        self._staging.remove()
-        self._staging = None
-        self._lock.release()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        # Published: whatever happens now, the staging folder and the lock must go.
+        try:
+            faults.at("after-publish")
+        except OSError as exc:
+            raise OutputError(f"{self.published}: published, but cleaning up afterwards failed: "
+                              f"{exc.strerror or exc}") from None
+        finally:
+            self._staging.remove()
+            self._staging = None
+            self._lock.release()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         return self.published
 
 

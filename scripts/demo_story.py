@@ -103,11 +103,16 @@ def main() -> None:
         print(f"   {'ok ' if ok else 'BAD'} {label}")
     print(f"   report: {report['counts']}")
 
-    frozen = {item["name"].split("/.ATTRIBUTES")[0] for item in report["transferred"]}
-    print("\n4. Retrain only the changed module: freeze what was transferred.")
-    print("   frozen:", sorted(frozen))
-    train_vars = [warm.head]
-    print(f"   training {len(train_vars)} variable(s): head {tuple(warm.head.shape)}")
+    print("\n4. Retrain only the changed module: freeze exactly what was transferred.")
+    import ckptsurgery as cs
+
+    by_key = cs.variables_by_key(tf.train.Checkpoint(model=warm))  # the report's names -> live variables
+    transferred = {item["name"] for item in report["transferred"]}
+    trainable = [v for key, v in by_key.items() if key not in transferred and v.trainable]
+    frozen = sorted(key.split("/.ATTRIBUTES")[0] for key in by_key if key in transferred)
+    print("   frozen:  ", frozen)
+    print("   training:", [tuple(v.shape) for v in trainable])
+    checks["only the head trains"] = len(trainable) == 1 and trainable[0] is warm.head
     if not all(checks.values()):
         sys.exit("demo: the restored model does not match")
     print(f"\nDone. Files are in {rel(WORK)}/.")

@@ -135,7 +135,7 @@ def test_dry_run_plan_sums_input_bytes_and_writes_nothing(tf1_runs, tmp_path):
     entry = next(e for e in plan.entries if e.name == "encoder/dense/kernel")
     assert entry.method == "linear" and len(entry.inputs) == 3
     assert entry.nbytes_in == 3 * 4 * 8 * 4 and entry.nbytes_out == 4 * 8 * 4
-    assert "linear(ckpt1:encoder/dense/kernel" in plan.render()
+    assert "linear(ckpt1" in plan.render() and "ckpt3" in plan.render()
 
 
 # -- average: TF2 ---------------------------------------------------------------------------
@@ -278,7 +278,8 @@ def test_merge_conflicts_combined_with_linear_and_slerp_equal_apply_method(pair,
                                  ("model/scale" + KEY, "slerp", {"t": 0.3}),
                                  ("model/head" + KEY, "linear", {})):
         xa, xb = read(pa, name), read(pb, name)
-        expected = apply_method(method, [xa, xb], **kwargs).astype(xa.dtype)
+        # apply_method takes float64 (it refuses bfloat16 arrays); the conversion is exact.
+        expected = apply_method(method, [xa.astype(np.float64), xb.astype(np.float64)], **kwargs).astype(xa.dtype)
         got = read(out, name)
         assert got.dtype == xa.dtype
         np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8), err_msg=name)

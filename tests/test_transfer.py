@@ -100,3 +100,17 @@ def test_transfer_cli_writes_report_and_map_file(tf1_ckpt, tmp_path, cli):
     mapping.write_text("no/such/tensor: h/.ATTRIBUTES/VARIABLE_VALUE\n")
     run = cli("transfer", "--from", tf1_ckpt, "--into", new_prefix, "--out", tmp_path / "o2" / "ckpt", "--map", mapping)
     assert run.returncode == 2 and "'no/such/tensor' is not a tensor of the old checkpoint" in run.stderr
+
+
+def test_variables_by_key_names_live_variables_like_the_checkpoint_does(keras_ckpt, tf2_ckpt):
+    from ckptsurgery.warmstart import variables_by_key
+
+    prefix, model = tf2_ckpt
+    keys = variables_by_key(tf.train.Checkpoint(model=model))
+    saved = set(cs.open_checkpoint(prefix).names) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert set(keys) == saved - {"save_counter/.ATTRIBUTES/VARIABLE_VALUE"}
+    assert keys["model/encoder/w/.ATTRIBUTES/VARIABLE_VALUE"] is model.encoder.w
+    prefix, kmodel, optimizer = keras_ckpt
+    keys = variables_by_key(tf.train.Checkpoint(model=kmodel, optimizer=optimizer))
+    saved = set(cs.open_checkpoint(prefix).names) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert set(keys) == saved - {"save_counter/.ATTRIBUTES/VARIABLE_VALUE"}
