@@ -17,8 +17,9 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
+from .errors import UsageError
 from .execute import WriteOptions, WriteResult, execute
 from .inspection import summary_json
 from .plan import Plan, plan_edit
@@ -65,17 +66,30 @@ def edit(
 
 
 def transfer(
-    old: PathLike, new: PathLike, dst: str | os.PathLike, *, rules: Sequence[Rule] = (),
+    old: PathLike, new: Any, dst: str | os.PathLike | None = None, *, rules: Sequence[Rule] = (),
     name_map: dict[str, str] | None = None, strict: bool = False, skip_optimizer: bool = False,
     dry_run: bool = False, **options,
 ):
-    """Write NEW's variable set to ``dst`` with OLD's values where names, shapes and dtypes match.
+    """Give the new model OLD's values where names, shapes and dtypes match.
 
-    Returns ``(WriteResult or Plan, TransferReport)``.  To assign into a model
-    that is already in memory instead, see :func:`transfer_into_variables`.
+    ``new`` is either a checkpoint of the new model as initialized, and then
+    the result is written to ``dst`` with exactly NEW's variable set; or the
+    live model itself (a list of ``tf.Variable``s, a ``tf.Module`` or a Keras
+    model), and then values are assigned into it one variable at a time and
+    ``dst`` must be None.  Returns ``(result, report)``: ``result`` is the
+    :class:`WriteResult`, the :class:`Plan` (``dry_run``), or None for a live
+    target; ``report`` is the :class:`TransferReport`.
     """
-    from .warmstart import plan_transfer
+    from .warmstart import plan_transfer, transfer_into_variables
 
+    if not isinstance(new, (str, os.PathLike, Checkpoint)):
+        if dst is not None:
+            raise UsageError("transfer into a live model takes no destination (dst must be None)")
+        report = transfer_into_variables(open_checkpoint(old), new, rules=rules, name_map=name_map, strict=strict,
+                                         skip_optimizer=skip_optimizer)
+        return None, report
+    if dst is None:
+        raise UsageError("transfer into a checkpoint needs a destination (dst)")
     plan, report = plan_transfer(open_checkpoint(old), open_checkpoint(new), rules=rules, name_map=name_map,
                                  strict=strict, skip_optimizer=skip_optimizer)
     return _write(plan, dst, dry_run, options), report

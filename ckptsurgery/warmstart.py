@@ -193,20 +193,25 @@ def transfer_into_variables(
     name_map: Mapping[str, str] | None = None,
     strict: bool = False,
     skip_optimizer: bool = False,
-    key: Any = variable_key,
+    key: Any = None,
 ) -> TransferReport:
     """Assign OLD's values into live ``tf.Variable``s, one variable at a time.
 
-    ``target`` is a list of variables, a ``tf.Module`` or a Keras model
-    (anything with ``.variables``).  Each variable's checkpoint-style name
-    comes from ``key`` (default :func:`variable_key`).  Memory: one tensor.
+    ``target`` is a trackable (``tf.train.Checkpoint(model=m)``, a ``tf.Module``,
+    a Keras model), whose variables are named by the keys TF2 would save them
+    under (:func:`variables_by_key`), or a list of variables, named by
+    :func:`variable_key` (``v.path`` or ``v.name``); ``key`` overrides either.
+    Memory: one tensor at a time.
     """
-    variables: Iterable[Any] = target.variables if hasattr(target, "variables") else target
+    if key is None and not isinstance(target, (list, tuple)):
+        named = list(variables_by_key(target).items())  # a trackable: name variables the way TF saves them
+    else:
+        variables: Iterable[Any] = target.variables if hasattr(target, "variables") else target
+        named = [((key or variable_key)(v), v) for v in variables]
     candidates = old_names_as_new(old, rules, name_map, skip_optimizer)
     report = TransferReport()
     used: set[str] = set()
-    for variable in variables:
-        name = key(variable)
+    for name, variable in named:
         old_name = candidates.get(name)
         if old_name is None:
             report.kept_from_new.append(name)

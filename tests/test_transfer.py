@@ -114,3 +114,21 @@ def test_variables_by_key_names_live_variables_like_the_checkpoint_does(keras_ck
     keys = variables_by_key(tf.train.Checkpoint(model=kmodel, optimizer=optimizer))
     saved = set(cs.open_checkpoint(prefix).names) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
     assert set(keys) == saved - {"save_counter/.ATTRIBUTES/VARIABLE_VALUE"}
+
+
+def test_api_transfer_into_a_live_model_uses_checkpoint_keys(tmp_path):
+    old = TinyModel(seed=1, head_width=3)
+    old_prefix = tf.train.Checkpoint(model=old).save(str(tmp_path / "old" / "ckpt"))
+    live = TinyModel(seed=2, head_width=4)
+    head_before = live.head.numpy().copy()
+    result, report = cs.transfer(old_prefix, tf.train.Checkpoint(model=live))
+    assert result is None
+    np.testing.assert_array_equal(live.encoder.w.numpy(), old.encoder.w.numpy())
+    np.testing.assert_array_equal(live.scale.numpy(), old.scale.numpy())
+    np.testing.assert_array_equal(live.head.numpy(), head_before)  # shape changed: kept
+    assert [m.name for m in report.mismatched] == ["model/head/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert "model/decoder/b/.ATTRIBUTES/VARIABLE_VALUE" in report.transferred
+    # A bare tf.Module is the root itself: its keys lack the "model/" edge, so rename old names to match.
+    other = TinyModel(seed=3, head_width=4)
+    _, report = cs.transfer(old_prefix, other, rules=[cs.Rename("^model/", "")])
+    np.testing.assert_array_equal(other.decoder.w.numpy(), old.decoder.w.numpy())
