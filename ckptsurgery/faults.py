@@ -5,7 +5,8 @@ safety (a group saved, before the merge, halfway through the publish).
 Normally it does nothing.  With ``CKPTSURGERY_FAULT=POINT`` (or
 ``POINT:N`` for the N-th time that point is reached, counting from 1) the
 process kills itself with SIGKILL there, or, for ``enospc@POINT``, raises
-the ``OSError(ENOSPC)`` a full disk would.  Tests use it to prove that no
+the ``OSError(ENOSPC)`` a full disk would, or, for ``pause@POINT``, sleeps
+``CKPTSURGERY_FAULT_PAUSE`` seconds (default 3; to make two runs overlap).  Tests use it to prove that no
 instant of a run can leave a half-written checkpoint at the destination.
 
 Points: ``group-saved``, ``before-merge``, ``after-merge``,
@@ -18,6 +19,7 @@ import errno
 import os
 import signal
 import threading
+import time
 
 _counts: dict[str, int] = {}
 _lock = threading.Lock()
@@ -28,8 +30,9 @@ def at(point: str) -> None:
     if not spec:
         return
     action = "kill"
-    if spec.startswith("enospc@"):
-        action, spec = "enospc", spec[len("enospc@"):]
+    for prefix in ("enospc@", "pause@"):
+        if spec.startswith(prefix):
+            action, spec = prefix[:-1], spec[len(prefix):]
     name, _, nth = spec.partition(":")
     if name != point:
         return
@@ -40,4 +43,13 @@ def at(point: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "pause":
+        time.sleep(float(os.environ.get("CKPTSURGERY_FAULT_PAUSE", "3")))
+        return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reset() -> None:
+    """Forget how often each point was reached (for in-process tests)."""
+    with _lock:
+        _counts.clear()

@@ -349,6 +349,11 @@ def roll_back(staging_path: str | os.PathLike) -> RollBack | str | None:
         return None
     dest = Path(journal["destination"])
     folder = dest.parent
+    try:
+        if folder.resolve() != staging_path.parent.resolve():
+            return _ROLLBACK_FAILED  # a journal naming another folder is not ours to act on
+    except OSError:
+        return _ROLLBACK_FAILED
     merged = staging_path / "merged"
     new_index = journal.get("new_index")
     new_index = new_index if isinstance(new_index, str) and new_index in _plain_names([new_index]) else dest.name + ".index"
@@ -525,9 +530,9 @@ def is_our_staging(folder: Path) -> bool:
 def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[CleanAction]:
     """Recover ``folder`` after crashed runs; returns what was done.
 
-    For each staging folder carrying our marker whose process is dead: undo
-    its unfinished publish (see :func:`roll_back`) and remove it.  Then remove
-    lock files left by dead processes.  Nothing else is touched: a folder
+    Removes lock files left by dead processes; then, for each staging folder
+    carrying our marker whose process is dead, undoes its unfinished publish
+    (see :func:`roll_back`) and removes it.  Nothing else is touched: a folder
     named like ours without the marker stays.  A destination locked by a live
     run is skipped (that run recovers it itself).
     """
@@ -535,9 +540,14 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
     if not root.is_dir():
         raise OutputError(f"{root}: not a folder")
     actions: list[CleanAction] = []
+    for lock_path in sorted(root.glob("*" + LOCK_SUFFIX)):
+        pid, start = DestinationLock.read_owner(lock_path)
+        if pid and not _pid_alive(pid, start):
+            lock_path.unlink(missing_ok=True)
+            actions.append(CleanAction("removed-lock", str(lock_path)))
     for entry, marker in _dead_stagings(root, None, only_dead):
         dest = marker.get("destination")
-        lock = DestinationLock(dest) if isinstance(dest, str) and dest else None
+        lock = DestinationLock(dest) if isinstance(dest, str) and dest and Path(dest).parent.resolve() == root.resolve() else None
         if lock is not None:
             try:
                 lock.acquire()
@@ -549,11 +559,6 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
         finally:
             if lock is not None:
                 lock.release()
-    for lock_path in sorted(root.glob("*" + LOCK_SUFFIX)):
-        pid, start = DestinationLock.read_owner(lock_path)
-        if pid and not _pid_alive(pid, start):
-            lock_path.unlink(missing_ok=True)
-            actions.append(CleanAction("removed-lock", str(lock_path)))
     for aside in sorted(root.glob("*" + LOCK_SUFFIX + ".*")):
         # leftovers of a lock being created or taken over by a run that died right then
         if aside.name.split(LOCK_SUFFIX + ".", 1)[1].startswith(("stale-", "tmp-")) and _older_than(aside, 60):

@@ -120,6 +120,37 @@ def old_names_as_new(
     return {name: d.source_name for name, d in by_new.items()}
 
 
+class _Matcher:
+    """Decides, name by name, whether a new variable takes OLD's value; builds the report."""
+
+    def __init__(self, old: Checkpoint, candidates: dict[str, str], strict: bool):
+        self.old, self.candidates, self.strict = old, candidates, strict
+        self.report = TransferReport()
+        self.used: set[str] = set()
+
+    def match(self, name: str, shape: tuple[int, ...], dtype: str) -> str | None:
+        """The OLD name to take ``name``'s value from, or None to keep NEW's value."""
+        old_name = self.candidates.get(name)
+        if old_name is None:
+            self.report.kept_from_new.append(name)
+            return None
+        self.used.add(old_name)
+        info = self.old.info(old_name)
+        if info.shape == shape and info.dtype == dtype:
+            self.report.transferred[name] = old_name
+            return old_name
+        if self.strict:
+            raise PlanError(f"--strict: {name!r} is {dtype}{list(shape)} in the new model but "
+                            f"{old_name!r} is {info.dtype}{list(info.shape)} in the old one")
+        self.report.mismatched.append(Mismatch(name, old_name, list(info.shape), list(shape), info.dtype, dtype))
+        self.report.kept_from_new.append(name)
+        return None
+
+    def finish(self) -> TransferReport:
+        self.report.unused_from_old = sorted(set(self.candidates.values()) - self.used)
+        return self.report
+
+
 def plan_transfer(
     old: Checkpoint,
     new: Checkpoint,
@@ -136,37 +167,19 @@ def plan_transfer(
     value and is reported, or raises :class:`PlanError` when ``strict``.
     No tensor data is read.
     """
-    candidates = old_names_as_new(old, rules, name_map, skip_optimizer)
-    report = TransferReport()
+    matcher = _Matcher(old, old_names_as_new(old, rules, name_map, skip_optimizer), strict)
     entries: list[OutputEntry] = []
-    used: set[str] = set()
     for info in new:
         if info.name == OBJECT_GRAPH_KEY:
             continue
-        old_name = candidates.get(info.name)
-        source, source_name = "new", info.name
-        if old_name is not None:
-            old_info = old.info(old_name)
-            if old_info.shape == info.shape and old_info.dtype == info.dtype:
-                source, source_name = "old", old_name
-                report.transferred[info.name] = old_name
-                used.add(old_name)
-            else:
-                mismatch = Mismatch(info.name, old_name, list(old_info.shape), list(info.shape),
-                                    old_info.dtype, info.dtype)
-                if strict:
-                    raise PlanError(f"--strict: {info.name!r} is {info.dtype}{list(info.shape)} in the new model but "
-                                    f"{old_name!r} is {old_info.dtype}{list(old_info.shape)} in the old one")
-                report.mismatched.append(mismatch)
-                used.add(old_name)
-        if source == "new":
-            report.kept_from_new.append(info.name)
-        src_info = (old if source == "old" else new).info(source_name)
+        old_name = matcher.match(info.name, info.shape, info.dtype)
+        ref = TensorRef("old", old_name) if old_name else TensorRef("new", info.name)
+        src_info = (old if old_name else new).info(ref.name)
         entries.append(OutputEntry(
-            name=info.name, inputs=(TensorRef(source, source_name),), dtype=info.dtype, shape=info.shape,
+            name=info.name, inputs=(ref,), dtype=info.dtype, shape=info.shape,
             nbytes_in=src_info.nbytes, nbytes_out=out_nbytes(info.dtype, info.shape, src_info.nbytes),
         ))
-    report.unused_from_old = sorted(set(candidates.values()) - used)
+    report = matcher.finish()
     if not report.transferred:
         raise PlanError("no variable of the old checkpoint matches the new one by name, shape and dtype; "
                         "add --rename rules or a --map file")
@@ -208,27 +221,12 @@ def transfer_into_variables(
     else:
         variables: Iterable[Any] = target.variables if hasattr(target, "variables") else target
         named = [((key or variable_key)(v), v) for v in variables]
-    candidates = old_names_as_new(old, rules, name_map, skip_optimizer)
-    report = TransferReport()
-    used: set[str] = set()
+    matcher = _Matcher(old, old_names_as_new(old, rules, name_map, skip_optimizer), strict)
     for name, variable in named:
-        old_name = candidates.get(name)
-        if old_name is None:
-            report.kept_from_new.append(name)
-            continue
-        info = old.info(old_name)
-        shape = tuple(int(d) for d in variable.shape)
-        dtype = _dtype_name(variable.dtype)
-        used.add(old_name)
-        if info.shape != shape or info.dtype != dtype:
-            if strict:
-                raise PlanError(f"--strict: variable {name!r} is {dtype}{list(shape)} but {old_name!r} is "
-                                f"{info.dtype}{list(info.shape)}")
-            report.mismatched.append(Mismatch(name, old_name, list(info.shape), list(shape), info.dtype, dtype))
-            continue
-        variable.assign(old.read(old_name))
-        report.transferred[name] = old_name
-    report.unused_from_old = sorted(set(candidates.values()) - used)
+        old_name = matcher.match(name, tuple(int(d) for d in variable.shape), _dtype_name(variable.dtype))
+        if old_name is not None:
+            variable.assign(old.read(old_name))
+    report = matcher.finish()
     return report
 
 
