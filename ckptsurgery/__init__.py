@@ -11,6 +11,7 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .api import copy, diff, edit, inspect, run_recipe, transfer  # noqa: E402
+from .batch import MethodRule, Take, average, last_checkpoints, merge, plan_average, plan_merge  # noqa: E402
 from .errors import (  # noqa: E402
     BadCheckpointError, CkptSurgeryError, NonFiniteError, OutputError, PlanError, RuleError, UsageError,
 )
@@ -24,6 +25,7 @@ from .warmstart import TransferReport, transfer_into_variables, variables_by_key
 __version__ = "0.1.0"
 
 __all__ = [
+    "MethodRule", "Take", "average", "last_checkpoints", "merge", "plan_average", "plan_merge",
     "BadCheckpointError", "Cast", "Checkpoint", "CkptSurgeryError", "Drop", "DropOptimizer", "Keep",
     "NonFiniteError", "OutputError", "Plan", "PlanError", "Rename", "Resize", "RuleError", "TensorInfo",
     "TransferReport", "UsageError", "WriteOptions", "WriteResult", "clean", "copy", "diff", "edit", "inspect",

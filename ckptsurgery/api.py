@@ -107,3 +107,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, **options):
     from .recipe import run_recipe as _run
 
     return _run(path, dry_run=dry_run, overrides=options)
+
+
+# average and merge live beside their planner; re-exported so the API mirrors the CLI in one place.
+from .batch import average, merge  # noqa: E402,F401

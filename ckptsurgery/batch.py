@@ -386,6 +386,7 @@ def plan_merge(
         if isinstance(rule.weights, Mapping):
             for alias in rule.weights:
                 check_alias(alias, f"{rule.describe()}: weights")
+        _check_method(rule, None, 2, None)  # parameters, whatever the outputs turn out to be
 
     # 1. Each take's drafts, renamed.
     contributions: dict[str, list[Draft]] = {}
@@ -421,6 +422,7 @@ def plan_merge(
 
     # 2. One entry per output name.
     used = [False] * len(methods)
+    applied = [False] * len(methods)
     validated: set[tuple] = set()
     entries: list[OutputEntry] = []
     for name in sorted(contributions):
@@ -440,10 +442,14 @@ def plan_merge(
             entries.append(_single_entry(group[0], ckpts))
             continue
         entries.append(_merged_entry(name, group, rule, ckpts, base, seed, validated))
-    for rule, was_used in zip(methods, used):
+        applied[index] = True
+    for rule, was_used, was_applied in zip(methods, used, applied):
         if not was_used:
             outputs = [Draft("", n, n, "", ()) for n in contributions]
             raise _no_match(rule.describe(), rule.pattern, outputs)
+        if not was_applied:
+            raise RuleError(f"{rule.describe()} combines nothing: every output name it finds comes from one source "
+                            f"only (or an earlier method rule takes it)")
 
     graph = None
     if graph_from is not None:
@@ -517,14 +523,15 @@ def _rule_weights(rule: MethodRule, name: str, group: list[Draft]) -> list[float
     return list(rule.weights)
 
 
-def _check_method(rule: MethodRule, name: str, count: int, weights: list[float] | None) -> None:
+def _check_method(rule: MethodRule, name: str | None, count: int, weights: list[float] | None) -> None:
     """Check parameters, weights and input count now, on tiny dummy arrays, not mid-write."""
     dummy = [np.zeros(2) for _ in range(count)]
     try:
         apply_method(rule.method, dummy, weights=weights, base=np.zeros(2) if rule.needs_base else None,
                      seed=0, **rule.params)
     except UsageError as exc:
-        raise RuleError(f"output {name!r}: {rule.describe()}: {exc}") from None
+        where = f"output {name!r}: " if name is not None else ""
+        raise RuleError(f"{where}{rule.describe()}: {exc}") from None
 
 
 # -- the API mirrors the CLI -----------------------------------------------------------

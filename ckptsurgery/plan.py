@@ -58,6 +58,7 @@ class OutputEntry:
             "nbytes_out": self.nbytes_out,
             "steps": [s.describe() for s in self.steps],
             "method": self.method,
+            "method_params": {k: v for k, v in self.method_params.items() if k != "base_input"} or None,
         }
 
 

@@ -9,6 +9,7 @@ restores, not what our reader says.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,9 @@ def restore_tf1(prefix: str, var_list_filter=None) -> dict[str, np.ndarray]:
     whole: dict[str, list] = {}
     out: dict[str, np.ndarray] = {}
     for name, value in sorted(values.items()):
-        if "/part_" in name:
-            whole.setdefault(name.split("/part_")[0], []).append((int(name.split("/part_")[1].split("/")[0]), value))
+        part = re.search(r"/part_(\d+)", name)
+        if part:  # embed/table/part_1/Adam -> piece 1 of embed/table/Adam
+            whole.setdefault(name[:part.start()] + name[part.end():], []).append((int(part.group(1)), value))
         else:
             out[name] = value
     for name, parts in whole.items():

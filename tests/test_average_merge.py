@@ -330,6 +330,10 @@ def test_merge_rule_errors_before_any_data_is_read(pair):
         batch.plan_merge(sources(pair, "base", "a", "b"), [Take("a", "model/head"), Take("b", "model/head"),
                                                            Take("base", "model/head")],
                          methods=[MethodRule(".", "slerp")])
+    with pytest.raises(RuleError, match=r"method slerp for '\.': slerp: t must be in \[0, 1\]"):
+        batch.plan_merge(srcs, [Take("a", ".")], methods=[MethodRule(".", "slerp", {"t": 2})])
+    with pytest.raises(RuleError, match="method slerp for '.' combines nothing"):
+        batch.plan_merge(srcs, [Take("a", "model/head"), Take("b", "model/encoder")], methods=[MethodRule(".", "slerp")])
     with pytest.raises(UsageError, match="unknown merge method 'tiez'"):
         MethodRule(".", "tiez")
     with pytest.raises(UsageError, match="unknown source 'c'"):
