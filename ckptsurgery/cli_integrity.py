@@ -46,9 +46,16 @@ def add_commands(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from tqdm import tqdm
 
-    report = verify(args.checkpoint, against=args.against)
+    from .source import open_checkpoint
+    from .verify import ONLY_OTHER, verify
+
+    ckpt = open_checkpoint(args.checkpoint)
+    with tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="verifying",
+              disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False) as bar:
+        report = verify(ckpt, against=args.against,
+                        on_tensor=lambda check: bar.update(0 if check.status == ONLY_OTHER else check.nbytes))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     error = report.error_line()
     if error is not None:

@@ -294,9 +294,13 @@ def publish(staging: Staging, *, durable: bool = True) -> str:
     except BaseException:
         roll_back(staging.path)
         raise
-    if durable:
-        _fsync_path(dest.parent)
-    update_state_file(str(dest))
+    try:
+        if durable:
+            _fsync_path(dest.parent)
+        update_state_file(str(dest))
+    except OSError as exc:
+        raise OutputError(f"{dest}: published, but updating the folder's 'checkpoint' state file failed: "
+                          f"{exc.strerror or exc}") from None
     return str(dest)
 
 
@@ -356,21 +360,24 @@ def roll_back(staging_path: str | os.PathLike) -> RollBack | str | None:
         return _ROLLBACK_FAILED
     merged = staging_path / "merged"
     new_index = journal.get("new_index")
-    new_index = new_index if isinstance(new_index, str) and new_index in _plain_names([new_index]) else dest.name + ".index"
+    if not (isinstance(new_index, str) and _plain_names([new_index])):
+        new_index = dest.name + ".index"
     dest_index = folder / (dest.name + ".index")
     result = RollBack(str(dest), False, [], [])
     if not (merged / new_index).exists() and dest_index.exists():
         result.committed = True  # the new index is in place: the new checkpoint is whole
         return result
+    previous = staging_path / "previous"
     try:
         for name in _plain_names(journal.get("new_data")):
-            # Moved in by the dead run iff it has left the staging folder (all previous files
-            # left the destination before any new one arrived, so a same-named file still
-            # at the destination while the new one is staged belongs to the previous one).
+            # Moved in by the run iff it has left the staging folder: all previous files left
+            # the destination before any new one arrived, so a same-named file still at the
+            # destination while the new one is staged belongs to the previous checkpoint.
+            # Moved back (not deleted), so a second roll-back (after a crash in this one, or
+            # the abort after an in-process one) never mistakes a restored previous file for it.
             if not (merged / name).exists() and (folder / name).is_file():
-                (folder / name).unlink()
+                os.replace(folder / name, merged / name)
                 result.removed.append(str(folder / name))
-        previous = staging_path / "previous"
         if previous.is_dir():
             files = sorted(previous.iterdir(), key=lambda f: (f.name.endswith(".index"), f.name))  # index last
             for f in files:
@@ -388,6 +395,7 @@ def roll_back(staging_path: str | os.PathLike) -> RollBack | str | None:
         return _ROLLBACK_FAILED
     if previous.is_dir() and any(previous.iterdir()):
         return _ROLLBACK_FAILED
+    (staging_path / JOURNAL).unlink(missing_ok=True)  # done: the destination is as it was
     return result
 
 
@@ -547,7 +555,8 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
             actions.append(CleanAction("removed-lock", str(lock_path)))
     for entry, marker in _dead_stagings(root, None, only_dead):
         dest = marker.get("destination")
-        lock = DestinationLock(dest) if isinstance(dest, str) and dest and Path(dest).parent.resolve() == root.resolve() else None
+        in_root = isinstance(dest, str) and dest and Path(dest).parent.resolve() == root.resolve()
+        lock = DestinationLock(dest) if in_root else None
         if lock is not None:
             try:
                 lock.acquire()

@@ -345,7 +345,7 @@ class Result:
     cpu: float | None = None
     ok: bool = True
     error: str = ""
-    notes: list[str] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
 
 
 def _check_call(cmd: list[str], log_path: Path) -> None:
@@ -373,8 +373,12 @@ class Runner:
         self.log = log
         self.use_time = os.access(TIME_BIN, os.X_OK)
 
-    def measure(self, row: str, label: str, cmd: list[str], *, cleanup: list[Path] = (), verify=None) -> Result:
-        """Run ``cmd`` as its own measured child; cold page cache when possible, else after a warm-up."""
+    def measure(self, row: str, label: str, cmd: list[str], *, cleanup: list[Path] = (), verify=None,
+                repeat: int = 1) -> Result:
+        """Run ``cmd`` as its own measured child ``repeat`` times: median wall, largest peak RSS.
+
+        The page cache is dropped before each run when possible, else one untimed warm-up run goes first.
+        """
         result = Result(row, label)
         log_path = BENCH / "logs" / f"{row}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -389,41 +393,60 @@ class Runner:
             reset()
             with open(log_path, "w") as log:
                 subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-        reset()
-        if self.cold:
-            drop_caches()
-        stats = BENCH / "logs" / f"{row}.time"
-        if self.use_time:
-            wrapped = [TIME_BIN, "-o", str(stats), "-f", "%e %M %U %S %x", *cmd]
-        else:
-            wrapped = [sys.executable, __file__, "_rusage", str(stats), *cmd]
-        self.log(f"  [{row}] {' '.join(_short(c) for c in cmd)}")
-        t0 = time.perf_counter()
-        with open(log_path, "w") as log:
-            rc = subprocess.call(wrapped, stdout=log, stderr=subprocess.STDOUT)
-        wall = time.perf_counter() - t0
-        fields = stats.read_text().split()[-5:] if stats.is_file() else []
-        if rc != 0 or len(fields) < 5:
-            result.ok = False
-            tail = [line for line in log_path.read_text().splitlines() if line.strip()][-3:]
-            result.error = f"exit {rc}: " + " | ".join(tail)[:300]
-            self.log(f"    FAILED {result.error}")
-            return result
-        result.wall = wall
-        result.rss = int(fields[1]) * 1024
-        result.cpu = float(fields[2]) + float(fields[3])
-        self.log(f"    {wall:.1f} s, peak RSS {result.rss / MB:.0f} MB, CPU {result.cpu:.1f} s")
+        self.log(f"  [{row}] {_short_cmd(cmd)}")
+        walls, rsss, cpus = [], [], []
+        for _ in range(max(1, repeat)):
+            reset()
+            if self.cold:
+                drop_caches()
+            stats = BENCH / "logs" / f"{row}.time"
+            stats.unlink(missing_ok=True)
+            if self.use_time:
+                wrapped = [TIME_BIN, "-o", str(stats), "-f", "%e %M %U %S %x", *cmd]
+            else:
+                wrapped = [sys.executable, __file__, "_rusage", str(stats), *cmd]
+            t0 = time.perf_counter()
+            with open(log_path, "w") as log:
+                rc = subprocess.call(wrapped, stdout=log, stderr=subprocess.STDOUT)
+            wall = time.perf_counter() - t0
+            fields = stats.read_text().split()[-5:] if stats.is_file() else []
+            if rc != 0 or len(fields) < 5:
+                result.ok = False
+                tail = [line for line in log_path.read_text().splitlines() if line.strip()][-3:]
+                result.error = f"exit {rc}: " + " | ".join(tail)[:300]
+                self.log(f"    FAILED {result.error}")
+                for path in cleanup:
+                    shutil.rmtree(path, ignore_errors=True)
+                return result
+            walls.append(wall)
+            rsss.append(int(fields[1]) * 1024)
+            cpus.append(float(fields[2]) + float(fields[3]))
+            self.log(f"    {wall:.1f} s, peak RSS {rsss[-1] / MB:,.0f} MB, CPU {cpus[-1]:.1f} s")
+        order = sorted(range(len(walls)), key=walls.__getitem__)
+        mid = order[len(order) // 2]
+        result.wall, result.cpu, result.rss = walls[mid], cpus[mid], max(rsss)
+        result.walls = walls
         if verify is not None:
             vlog = BENCH / "logs" / f"{row}.verify.log"
             with open(vlog, "w") as log:
                 vrc = subprocess.call([sys.executable, __file__, "_verify", *verify], stdout=log, stderr=subprocess.STDOUT)
             if vrc != 0:
                 result.ok = False
-                result.error = "output check failed: " + vlog.read_text().strip().splitlines()[-1][:300]
+                result.error = "output check failed: " + (vlog.read_text().strip().splitlines() or ["?"])[-1][:300]
                 self.log(f"    {result.error}")
         for path in cleanup:
             shutil.rmtree(path, ignore_errors=True)
         return result
+
+
+def _short_cmd(cmd: list[str]) -> str:
+    parts = [_short(c) for c in cmd]
+    files = [p for p in parts if re.search(r"\.(index|data-\d{5}-of-\d{5})$", p)]
+    if len(files) > 2:  # cp's file list
+        first = parts.index(files[0])
+        parts[first:first + len(files)] = [f"<{len(files)} checkpoint files>"]
+    text = " ".join(parts)
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 def _short(text: str) -> str:
@@ -480,6 +503,14 @@ def fmt_s(x):
     return "—" if x is None else f"{x:.1f}"
 
 
+def fmt_wall(r):
+    if r.wall is None:
+        return "—"
+    if len(r.walls) > 1:
+        return f"{r.wall:.1f} ({min(r.walls):.1f}–{max(r.walls):.1f}, n={len(r.walls)})"
+    return f"{r.wall:.1f}"
+
+
 def fmt_mb(x):
     return "—" if x is None else f"{x / MB:,.0f}"
 
@@ -511,7 +542,7 @@ def render(results: dict[str, Result], targets: list[tuple[str, str, str, bool |
         above = "—" if (bare is None or r.rss is None or key.startswith("cp")) else f"{(r.rss - bare.rss) / MB:,.0f}"
         ratio = context["ratios"].get(key, "")
         row_targets = [f"{name}: {'PASS' if ok else 'FAIL'}" for (k, name, _, ok) in targets if k == key and ok is not None]
-        lines.append(f"| {key} | {r.label} | {fmt_s(r.wall)} | {ratio} | {fmt_mb(r.rss)} | {above} | "
+        lines.append(f"| {key} | {r.label} | {fmt_wall(r)} | {ratio} | {fmt_mb(r.rss)} | {above} | "
                      f"{fmt_s(r.cpu)} | {'; '.join(row_targets)} |")
     if targets:
         lines += ["", "| Target | Measured | Result |", "|---|---|---|"]
@@ -554,6 +585,8 @@ def parse_args(argv):
     p.add_argument("--keep-data", action="store_true", help="keep generated checkpoints for the next run")
     p.add_argument("--out-md", default=str(BENCH / "results.md"), metavar="PATH",
                    help="where to write the Markdown results (default .bench/results.md)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="runs per row, median wall time reported (default 1; the cp rows always run at least 3 times)")
     p.add_argument("--average-peers-anyway", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     rows = DEFAULT_ROWS if not args.only else [r.strip() for r in args.only.split(",") if r.strip()]
@@ -616,7 +649,8 @@ def main(argv=None) -> int:
 
     def run_row(row, cmd, label, verify_mode=None, dst_prefix=None):
         verify = [verify_mode, str(dst_prefix), src] if verify_mode else None
-        results[row] = runner.measure(row, label, cmd, cleanup=[dest(row)], verify=verify)
+        repeat = max(args.repeat, 3) if row.startswith("cp") else args.repeat  # cp is fast and noisy
+        results[row] = runner.measure(row, label, cmd, cleanup=[dest(row)], verify=verify, repeat=repeat)
 
     for row in main_rows:
         d = dest(row)
@@ -709,7 +743,7 @@ def main(argv=None) -> int:
             targets.append(("edit", "edit wall ≤ 0.8× load-everything", f"{r:.2f}×", r <= 0.8))
         targets.append(("edit", "edit peak RSS < 1 GB", f"{results['edit'].rss / MB:,.0f} MB", results["edit"].rss < GB))
 
-    notes += [
+    notes[:0] = [
         "Wall time is measured around each child process; peak RSS is `/usr/bin/time`'s maximum resident set "
         "size of the child (the largest process in its tree). CPU is user + system seconds."
         if runner.use_time else
@@ -728,9 +762,11 @@ def main(argv=None) -> int:
         "the non-optimizer ones, one `tf.compat.v1.assign(new, old)` each run as one group, then "
         "`Saver(var_list={renamed: new var}).save(sess, dst, write_meta_graph=False)`.",
         "Every output is checked after its run (names, shapes, dtypes, and values of sample tensors), "
-        "outside the timing.",
+        "outside the timing. The cp rows run 3 times (median shown, range in brackets); others --repeat times.",
     ]
-    context = {"date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "ckpt": ckpt_desc,
+    context = {"date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+               + f" (benchmark took {(time.perf_counter() - started) / 60:.0f} min; command: scripts/bench "
+               + " ".join(argv if argv is not None else sys.argv[1:]) + ")", "ckpt": ckpt_desc,
                "cache": "dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each run" if cold
                else "warm cache: could not drop caches; each row ran once untimed first", "ratios": ratios}
     text = render(results, targets, info, context, notes)

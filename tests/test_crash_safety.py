@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -276,8 +275,11 @@ def test_kill_at_any_point_leaves_old_or_new_and_recovers(case, crash_env, cli):
 
 
 # -- failures that raise (not kills) roll back in-process ---------------------------------------
-@pytest.mark.parametrize("point", ["group-saved:2", "after-merge", "publish-old-moved", "publish-data-moved"])
-def test_disk_full_mid_run_keeps_previous_checkpoint(point, tf1_ckpt, tmp_path, monkeypatch):
+@pytest.mark.parametrize("point, budget", [
+    ("group-saved:2", BUDGET), ("after-merge", BUDGET), ("publish-old-moved", BUDGET), ("publish-data-moved", BUDGET),
+    ("publish-data-moved", "1GB"),  # one shard: the new data file has the very name of the previous one
+])
+def test_disk_full_mid_run_keeps_previous_checkpoint(point, budget, tf1_ckpt, tmp_path, monkeypatch):
     """A raised error (ENOSPC) anywhere, even mid-publish, restores the previous checkpoint at once."""
     import ckptsurgery as cs
     from ckptsurgery import faults
@@ -292,7 +294,7 @@ def test_disk_full_mid_run_keeps_previous_checkpoint(point, tf1_ckpt, tmp_path, 
     monkeypatch.setenv("CKPTSURGERY_FAULT", f"enospc@{point}")
     try:
         with pytest.raises(OutputError, match="disk full"):
-            cs.edit(tf1_ckpt, dest, [cs.DropOptimizer()], progress=False, memory_budget=BUDGET, force=True)
+            cs.edit(tf1_ckpt, dest, [cs.DropOptimizer()], progress=False, memory_budget=budget, force=True)
     finally:
         faults.reset()
     monkeypatch.delenv("CKPTSURGERY_FAULT")
