@@ -16,6 +16,7 @@ from .errors import (  # noqa: E402
     BadCheckpointError, CkptSurgeryError, NonFiniteError, OutputError, PlanError, RuleError, UsageError,
 )
 from .execute import WriteOptions, WriteResult  # noqa: E402
+from .integrity import VerifyReport, verify  # noqa: E402
 from .plan import Plan, plan_edit  # noqa: E402
 from .publish import clean  # noqa: E402
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize  # noqa: E402
@@ -25,6 +26,7 @@ from .warmstart import TransferReport, transfer_into_variables, variables_by_key
 __version__ = "0.1.0"
 
 __all__ = [
+    "VerifyReport", "verify",
     "MethodRule", "Take", "average", "last_checkpoints", "merge", "plan_average", "plan_merge",
     "BadCheckpointError", "Cast", "Checkpoint", "CkptSurgeryError", "Drop", "DropOptimizer", "Keep",
     "NonFiniteError", "OutputError", "Plan", "PlanError", "Rename", "Resize", "RuleError", "TensorInfo",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -273,9 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        from ._tf import import_quietly
+        if getattr(args, "needs_tensorflow", True):
+            from ._tf import import_quietly
 
-        import_quietly()
+            import_quietly()
         return int(args.func(args) or 0)
     except CkptSurgeryError as exc:
         if args.debug:
@@ -285,6 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ckptsurgery: interrupted; nothing was published", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except OSError as exc:
         if args.debug:
             raise

@@ -42,14 +42,14 @@ def add_commands(sub) -> None:
     )
     p.add_argument("folder", metavar="DIR", help="folder holding the destination(s) of crashed runs")
     p.add_argument("--json", action="store_true", help='print {"actions": [{"action", "path", "detail"}...]}')
-    p.set_defaults(func=cmd_clean)
+    p.set_defaults(func=cmd_clean, needs_tensorflow=False)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .source import open_checkpoint
-    from .verify import ONLY_OTHER, verify
+    from .integrity import ONLY_OTHER, verify
 
     ckpt = open_checkpoint(args.checkpoint)
     with tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="verifying",

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -82,8 +83,47 @@ def produce(plan: Plan, entry: OutputEntry) -> np.ndarray:
     return value
 
 
-def _check_finite(entry: OutputEntry, value: np.ndarray) -> None:
-    if entry.dtype in FLOATING and not np.all(np.isfinite(value.astype(np.float32, copy=False))):
+def is_passthrough(entry: OutputEntry) -> bool:
+    """An entry whose value is one input tensor unchanged (a copy, a rename, a transfer)."""
+    return entry.method is None and not entry.steps and len(entry.inputs) == 1
+
+
+def batches(entries: list[OutputEntry], budget: int) -> Iterator[list[OutputEntry]]:
+    """Consecutive entries whose input bytes add up to at most ``budget`` (a bigger one goes alone)."""
+    batch: list[OutputEntry] = []
+    size = 0
+    for entry in entries:
+        if batch and size + entry.nbytes_in > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += entry.nbytes_in
+    if batch:
+        yield batch
+
+
+def read_passthrough(plan: Plan, batch: list[OutputEntry]) -> dict[str, Any]:
+    """Read a batch's unchanged tensors as TF tensors, one ``RestoreV2`` call per source.
+
+    They go to ``SaveV2`` without a numpy copy, so a plain copy holds each
+    tensor once; everything else goes through :func:`produce`.
+    """
+    by_source: dict[str, list[OutputEntry]] = {}
+    for entry in batch:
+        if is_passthrough(entry):
+            by_source.setdefault(entry.inputs[0].source, []).append(entry)
+    values: dict[str, Any] = {}
+    for alias, entries in by_source.items():
+        tensors = plan.sources[alias].read_many([e.inputs[0].name for e in entries])
+        values.update({e.name: t for e, t in zip(entries, tensors)})
+    return values
+
+
+def _check_finite(entry: OutputEntry, value: Any) -> None:
+    if entry.dtype not in FLOATING:
+        return
+    array = value if isinstance(value, np.ndarray) else value.numpy()
+    if not np.all(np.isfinite(array.astype(np.float32, copy=False))):
         raise NonFiniteError(f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
 
 
@@ -118,12 +158,14 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.durable, on_written=bar.update, check=check) as writer:
-            for entry in plan.entries:
-                value = produce(plan, entry)
-                if not options.allow_nonfinite:
-                    _check_finite(entry, value)
-                writer.add(entry.name, value)
-                del value
+            for batch in batches(plan.entries, writer.budget):
+                ready = read_passthrough(plan, batch)
+                for entry in batch:
+                    value = ready.pop(entry.name) if entry.name in ready else produce(plan, entry)
+                    if not options.allow_nonfinite:
+                        _check_finite(entry, value)
+                    writer.add(entry.name, value, entry.nbytes_out)
+                    del value
             if graph_bytes is not None:
                 writer.add(OBJECT_GRAPH_KEY, np.array(graph_bytes, dtype=object))
             published = writer.finish()
@@ -152,7 +194,7 @@ def verify_values(plan: Plan, prefix: str) -> None:
     for entry in plan.entries:
         want = produce(plan, entry)
         got = written.read(entry.name)
-        same = np.array_equal(want, got) if want.dtype == np.object_ else np.array_equal(
-            want.view(np.uint8) if want.size else want, got.view(np.uint8) if got.size else got)
+        same = np.array_equal(want, got) if want.dtype == np.object_ else (
+            want.shape == got.shape and want.dtype == got.dtype and want.tobytes() == got.tobytes())
         if not same:
             raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} differs from the plan")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .errors import CkptSurgeryError, OutputError
 from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
 from .sizes import parse_size
 
-DEFAULT_MEMORY_BUDGET = "256MB"
+DEFAULT_MEMORY_BUDGET = "128MB"
 
 
 def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, force: bool) -> str:
@@ -133,13 +133,16 @@ class ShardWriter:
         self._lock.release()
 
     # -- adding tensors -----------------------------------------------------
-    def add(self, name: str, array: np.ndarray) -> None:
-        """Queue one tensor; a full group is saved in the background."""
+    def add(self, name: str, array: Any, nbytes: int | None = None) -> None:
+        """Queue one tensor (numpy array or TF tensor); a full group is saved in the background.
+
+        ``nbytes`` (the plan's size) saves counting a string tensor's bytes.
+        """
         if name in self._names:
             raise OutputError(f"{self.dest_prefix}: tensor {name!r} written twice")
         self._names.add(name)
-        self.added[name] = (dtype_name_of_array(array), tuple(array.shape))
-        nbytes = _array_nbytes(array)
+        self.added[name] = (_dtype_name(array), tuple(int(d) for d in array.shape))
+        nbytes = _array_nbytes(array) if nbytes is None else nbytes
         if self._group and self._group_bytes + nbytes > self.budget:
             self._flush()
         self._group.append((name, array))
@@ -160,7 +163,8 @@ class ShardWriter:
         tf_ = tf()
         names = [name for name, _ in group]
         try:
-            tensors = [tf_.constant(array) for _, array in group]
+            # TF tensors (the copy path) go in as they are; numpy arrays are converted once.
+            tensors = [array if tf_.is_tensor(array) else tf_.constant(array) for _, array in group]
             tf_.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
             faults.at("group-saved")
         except Exception as exc:
@@ -212,7 +216,17 @@ class ShardWriter:
         return self.published
 
 
-def _array_nbytes(array: np.ndarray) -> int:
+def _dtype_name(array: Any) -> str:
+    if isinstance(array, np.ndarray):
+        return dtype_name_of_array(array)
+    return array.dtype.name  # a TF tensor: TF's names are ours
+
+
+def _array_nbytes(array: Any) -> int:
+    if not isinstance(array, np.ndarray):  # a TF tensor
+        if array.dtype.name != "string":
+            return int(array.shape.num_elements()) * array.dtype.size
+        array = array.numpy()
     if array.dtype == np.object_:
         return sum(len(x) for x in array.reshape(-1)) + 8 * array.size
     return array.nbytes

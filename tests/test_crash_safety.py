@@ -97,7 +97,7 @@ def safe_values(prefix: str) -> dict[str, tuple]:
     A mixed checkpoint (index of one run, data of another) could make TF's reader
     abort the test process, so it is verified first; a bad one fails the test here.
     """
-    from ckptsurgery.verify import verify
+    from ckptsurgery.integrity import verify
 
     report = verify(prefix)
     assert report.ok, f"{prefix} does not read back whole: {report.error_line()}"

@@ -450,7 +450,7 @@ def test_a_held_lock_fails_the_second_run_cleanly(tf1_ckpt, tmp_path, capsys):
 def test_two_concurrent_runs_one_wins_the_other_fails_cleanly(tf1_ckpt, tmp_path):
     from models import write_tf1_checkpoint
 
-    from ckptsurgery.verify import verify
+    from ckptsurgery.integrity import verify
 
     (tmp_path / "b").mkdir()
     other = write_tf1_checkpoint(tmp_path / "b", seed=3)
