@@ -102,6 +102,16 @@ def batches(entries: list[OutputEntry], budget: int) -> Iterator[list[OutputEntr
         yield batch
 
 
+def prefetch(plan: Plan, batch: list[OutputEntry]) -> None:
+    """Hint the kernel to read ``batch``'s input bytes ahead (see :meth:`Checkpoint.prefetch`)."""
+    by_source: dict[str, list[str]] = {}
+    for entry in batch:
+        for ref in entry.inputs:
+            by_source.setdefault(ref.source, []).append(ref.name)
+    for alias, names in by_source.items():
+        plan.sources[alias].prefetch(names)
+
+
 def read_passthrough(plan: Plan, batch: list[OutputEntry]) -> dict[str, Any]:
     """Read a batch's unchanged tensors as TF tensors, one ``RestoreV2`` call per source.
 
@@ -158,7 +168,10 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.durable, on_written=bar.update, check=check) as writer:
-            for batch in batches(plan.entries, writer.budget):
+            all_batches = list(batches(plan.entries, writer.budget))
+            for number, batch in enumerate(all_batches):
+                if number + 1 < len(all_batches):
+                    prefetch(plan, all_batches[number + 1])
                 ready = read_passthrough(plan, batch)
                 for entry in batch:
                     value = ready.pop(entry.name) if entry.name in ready else produce(plan, entry)
@@ -166,6 +179,8 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                         _check_finite(entry, value)
                     writer.add(entry.name, value, entry.nbytes_out)
                     del value
+                writer.flush()  # one batch, one group: memory is the batch read plus the group in flight
+                del ready
             if graph_bytes is not None:
                 writer.add(OBJECT_GRAPH_KEY, np.array(graph_bytes, dtype=object))
             published = writer.finish()

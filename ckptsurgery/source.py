@@ -137,6 +137,7 @@ class Checkpoint:
         from .bundle_index import validate_checkpoint
 
         index = validate_checkpoint(self.prefix)
+        self._index = index  # offsets and shards, for read-ahead hints
         dtype_names = _dtype_enum_names()
         infos: dict[str, TensorInfo] = {}
         for entry in index.entries.values():
@@ -233,6 +234,30 @@ class Checkpoint:
             for name in names:
                 self.read(name)  # raises BadCheckpointError naming the tensor
             raise BadCheckpointError(self.prefix, _tf_message(exc)) from None
+
+    def prefetch(self, names: list[str]) -> None:
+        """Ask the kernel to start reading these tensors' bytes now (``POSIX_FADV_WILLNEED``).
+
+        The executor calls this for the next batch while TensorFlow reads the
+        current one, so disk reads overlap with checksumming and saving.  It is
+        only a hint: nothing is read into this process and errors are ignored.
+        """
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for name in names:
+            entry = self._index.entries.get(name)
+            if entry is None or not entry.size:
+                continue
+            try:
+                fd = os.open(self._index.data_path(entry.shard_id), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, entry.offset, entry.size, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def read_object_graph(self) -> bytes | None:
         """The serialized ``TrackableObjectGraph`` of a TF2 checkpoint, else None."""

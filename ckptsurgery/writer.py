@@ -144,11 +144,16 @@ class ShardWriter:
         self.added[name] = (_dtype_name(array), tuple(int(d) for d in array.shape))
         nbytes = _array_nbytes(array) if nbytes is None else nbytes
         if self._group and self._group_bytes + nbytes > self.budget:
-            self._flush()
+            self.flush()
         self._group.append((name, array))
         self._group_bytes += nbytes
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand the current group to a worker now (the caller's batch ends here).
+
+        Called by the executor after each batch it read, so the group being
+        saved and the batch being read are the only tensors in memory.
+        """
         if not self._group:
             return
         assert self._pool is not None and self._staging is not None
@@ -182,7 +187,7 @@ class ShardWriter:
         assert self._staging is not None, "call open() first"
         if not self._names:
             raise OutputError(f"{self.dest_prefix}: nothing to write")
-        self._flush()
+        self.flush()
         self._wait()
         merged = self._staging.merged_prefix
         tf_ = tf()

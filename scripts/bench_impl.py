@@ -39,7 +39,7 @@ TIME_BIN = "/usr/bin/time"
 ROWS = {
     "cp": "cp of .index + .data-* into a new folder (no fsync)",
     "cp-sync": "cp followed by sync (data on disk, like ckptsurgery's default)",
-    "copy": "ckptsurgery copy (default: 256MB budget, 1 worker, fsync)",
+    "copy": "ckptsurgery copy (default budget and workers, fsync)",
     "copy-nofsync": "ckptsurgery copy --no-fsync",
     "copy-w2": "ckptsurgery copy --workers 2 --no-fsync (informational)",
     "load-copy": "load-everything copy: every tensor into an eager tf.Variable, Saver.save",
@@ -494,9 +494,20 @@ def machine_info() -> dict:
         fs = f"{out[1]} on {out[0]}"
     except (OSError, IndexError):
         pass
+    tool = subprocess.run(cli("--version"), capture_output=True, text=True).stdout.strip() or "ckptsurgery ?"
+    copy_help = subprocess.run(cli("copy", "--help"), capture_output=True, text=True).stdout
+    budget = re.search(r"\(default\s+([0-9.]+\s*[A-Za-z]*)\)", copy_help)
     return {"nproc": os.cpu_count(), "ram": ram, "cpu": cpu, "tf": versions[0] if versions else "?",
+            "tool": tool, "budget": budget.group(1) if budget else "?",
             "numpy": versions[1] if len(versions) > 1 else "?", "python": platform.python_version(),
             "kernel": platform.release(), "fs": fs}
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def fmt_s(x):
@@ -524,9 +535,12 @@ def render(results: dict[str, Result], targets: list[tuple[str, str, str, bool |
         f"- date: {context['date']}",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram'] / 2**30:.1f} GiB RAM, "
         f"{info['fs']}, Linux {info['kernel']}",
-        f"- software: TensorFlow {info['tf']}, numpy {info['numpy']}, Python {info['python']}",
+        f"- software: {info['tool']} (default --memory-budget {info['budget']}), TensorFlow {info['tf']}, "
+        f"numpy {info['numpy']}, Python {info['python']}",
         f"- checkpoint: synthetic BERT-large with AdamW slots, {context['ckpt']}",
         f"- page cache: {context['cache']}",
+        f"- load average (1 min) at start / end: {context['load']}; other processes on the machine add noise",
+        "- units: MB = 10^6 bytes, GB = 10^9 bytes (as in ckptsurgery's --memory-budget)",
         f"- bare `import tensorflow` process: peak RSS {fmt_mb(bare.rss if bare else None)} MB "
         f"(the 'above TF' column subtracts this)",
         "",
@@ -618,6 +632,7 @@ def main(argv=None) -> int:
                  f"{spec['nbytes'] / GB:.2f} GB (largest tensor: word_embeddings "
                  f"{30522 * args.hidden * 4 / MB:.0f} MB)")
     info = machine_info()
+    load_start = _loadavg()
     cold = drop_caches()
     runner = Runner(cold, log)
     log(f"rows: {', '.join(args.rows)}; page cache {'dropped before each run' if cold else 'warm (cannot drop)'}")
@@ -768,7 +783,8 @@ def main(argv=None) -> int:
                + f" (benchmark took {(time.perf_counter() - started) / 60:.0f} min; command: scripts/bench "
                + " ".join(argv if argv is not None else sys.argv[1:]) + ")", "ckpt": ckpt_desc,
                "cache": "dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before each run" if cold
-               else "warm cache: could not drop caches; each row ran once untimed first", "ratios": ratios}
+               else "warm cache: could not drop caches; each row ran once untimed first", "ratios": ratios,
+               "load": f"{load_start} / {_loadavg()}"}
     text = render(results, targets, info, context, notes)
     out_md = Path(args.out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
