@@ -71,10 +71,12 @@ def merge_call(entry: OutputEntry) -> MergeCall:
     return MergeCall(entry.method, None if weights is None else [float(w) for w in weights], seed, base_input, params)
 
 
-def combine(entry: OutputEntry, read: Callable[[TensorRef], np.ndarray]) -> np.ndarray:
-    """The float64 value of a multi-input entry; ``read`` reads one input tensor.
+def combine(entry: OutputEntry, read: Callable[[TensorRef], np.ndarray], out_dtype: np.dtype | None = None) -> np.ndarray:
+    """The value of a multi-input entry; ``read`` reads one input tensor.
 
-    The caller casts the result back to the tensor's dtype.
+    Float64, or already ``out_dtype`` where the method can finish in place;
+    the caller narrows with :func:`narrow_in_place`, which leaves an array
+    already of ``out_dtype`` alone.
     """
     call = merge_call(entry)
     refs = list(entry.inputs)
@@ -86,7 +88,8 @@ def combine(entry: OutputEntry, read: Callable[[TensorRef], np.ndarray]) -> np.n
         raise UsageError(f"tensor {entry.name!r}: merge method {call.method!r} has no input to merge")
     lazy = (read(ref) for ref in refs)
     if call.method == "linear" and base is None:
-        return streaming_linear(lazy, len(refs), call.weights, call.params.get("normalize", True), entry.name)
+        return streaming_linear(lazy, len(refs), call.weights, call.params.get("normalize", True), entry.name,
+                                out_dtype)
     if call.method == "task_arithmetic" and base is not None and not call.params:
         return streaming_task_arithmetic(base, lazy, len(refs), call.weights, entry.name)
     # float64 here (exact for every floating dtype): apply_method does not take bfloat16 arrays.
@@ -101,44 +104,90 @@ def _weights(weights: list[float] | None, count: int, default: float, name: str)
     return w
 
 
-def _float64(array: np.ndarray, like: np.ndarray | None, name: str) -> np.ndarray:
-    out = np.asarray(array).astype(np.float64)
-    if like is not None and out.shape != like.shape:
-        raise UsageError(f"tensor {name!r}: inputs differ in shape ({list(like.shape)} and {list(out.shape)})")
-    return out
-
-
 def streaming_linear(
-    arrays: Iterable[np.ndarray], count: int, weights: list[float] | None, normalize: bool, name: str = ""
+    arrays: Iterable[np.ndarray], count: int, weights: list[float] | None, normalize: bool, name: str = "",
+    out_dtype: np.dtype | None = None,
 ) -> np.ndarray:
     """``sum_i w_i x_i`` (``/ sum_i w_i`` when ``normalize``), one input in memory at a time.
 
     Same arithmetic as the ``linear`` method: weights default to ``1/count``.
+    Returns float64, or, when ``out_dtype`` is given and the last input has
+    that dtype, the result cast to it and written over the last input's
+    buffer as its chunks are consumed: then the peak is one float64
+    accumulator plus one input, with no separate output copy.
     """
     if not isinstance(normalize, (bool, np.bool_)):
         raise UsageError(f"linear: normalize must be true or false, got {normalize!r}")
     w = _weights(weights, count, 1.0 / count, name)
     acc: np.ndarray | None = None
     seen = 0
-    for wi, array in zip(w, arrays):
-        term = _float64(array, acc, name)
-        del array
-        term *= wi
+    inputs = iter(arrays)
+    for wi in w:  # not zip(): zip's cached result tuple would keep the previous input alive
+        array = next(inputs, None)
+        if array is None:
+            break
+        array = np.asarray(array)
         if acc is None:
-            term += 0.0  # like sum()'s 0 + x: turns -0.0 into 0.0, bit-identical to apply_method
-            acc = term
-        else:
-            acc += term
-        del term
+            acc = np.zeros(array.shape, dtype=np.float64)  # 0 + x, like sum(): -0.0 becomes 0.0
+        _check_shape(array, acc, name)
         seen += 1
+        if seen == count and _can_overwrite(array, out_dtype):
+            return _finish_into(acc, array, wi, _denominator(w) if normalize else None)
+        _add_scaled(acc, array, wi)
+        del array
     if acc is None or seen != count:
         raise UsageError(f"tensor {name!r}: expected {count} inputs, read {seen}")
     if normalize:
-        denom = sum(w)
-        if denom == 0:
-            raise UsageError("linear: weights sum to 0; cannot normalize")
-        acc /= denom
+        acc /= _denominator(w)
     return acc
+
+
+def _denominator(w: list[float]) -> float:
+    denom = sum(w)
+    if denom == 0:
+        raise UsageError("linear: weights sum to 0; cannot normalize")
+    return denom
+
+
+def _can_overwrite(array: np.ndarray, out_dtype: np.dtype | None) -> bool:
+    return (out_dtype is not None and array.dtype == np.dtype(out_dtype) and array.flags.c_contiguous
+            and array.flags.writeable)
+
+
+def _finish_into(acc: np.ndarray, last: np.ndarray, weight: float, denom: float | None) -> np.ndarray:
+    """Add the last input, normalize, cast, and write each chunk's result over ``last`` itself."""
+    acc_flat, x_flat = acc.reshape(-1), last.reshape(-1)
+    for start in range(0, x_flat.size, CHUNK):
+        part = x_flat[start:start + CHUNK].astype(np.float64)
+        part *= weight
+        total = acc_flat[start:start + CHUNK]
+        total += part
+        if denom is not None:
+            total /= denom
+        x_flat[start:start + CHUNK] = total.astype(last.dtype)
+    return last
+
+
+#: Elements per step when adding an input into an accumulator: bounds the float64
+#: temporaries to 8 MB, so a tensor costs one float64 accumulator plus one input.
+CHUNK = 1 << 20
+
+
+def _add_scaled(acc: np.ndarray, array: np.ndarray, weight: float, minus: np.ndarray | None = None) -> None:
+    """``acc += weight * (array - minus)`` in float64, chunk by chunk (same result as whole-array ops)."""
+    acc_flat, x_flat = acc.reshape(-1), array.reshape(-1)
+    base_flat = None if minus is None else minus.reshape(-1)
+    for start in range(0, x_flat.size, CHUNK):
+        part = x_flat[start:start + CHUNK].astype(np.float64)
+        if base_flat is not None:
+            part -= base_flat[start:start + CHUNK]
+        part *= weight
+        acc_flat[start:start + CHUNK] += part
+
+
+def _check_shape(array: np.ndarray, like: np.ndarray, name: str) -> None:
+    if array.shape != like.shape:
+        raise UsageError(f"tensor {name!r}: inputs differ in shape ({list(like.shape)} and {list(array.shape)})")
 
 
 def streaming_task_arithmetic(
@@ -148,14 +197,37 @@ def streaming_task_arithmetic(
     w = _weights(weights, count, 1.0, name)
     result = np.array(base, dtype=np.float64, copy=True)
     seen = 0
-    for wi, array in zip(w, arrays):
-        delta = _float64(array, result, name)
+    inputs = iter(arrays)
+    for wi in w:  # not zip(): zip's cached result tuple would keep the previous input alive
+        array = next(inputs, None)
+        if array is None:
+            break
+        array = np.asarray(array)
+        _check_shape(array, result, name)
+        _add_scaled(result, array, wi, minus=base)
         del array
-        delta -= base
-        delta *= wi
-        result += delta
-        del delta
         seen += 1
     if seen != count:
         raise UsageError(f"tensor {name!r}: expected {count} inputs, read {seen}")
     return result
+
+
+def narrow_in_place(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast a float64 result to ``dtype`` inside its own buffer, saving a second copy.
+
+    For the largest tensors the accumulator and the cast result together are
+    the peak of an average.  Chunk by chunk, each chunk is copied out, cast,
+    and written to the front of the same buffer: writing chunk ``k`` only
+    touches bytes of chunks ``<= k``, which have been read already.  Returns
+    a view of the buffer with ``acc``'s shape (``acc`` is overwritten).
+    """
+    dtype = np.dtype(dtype)
+    if acc.dtype == dtype:
+        return acc
+    if dtype.itemsize > acc.itemsize or not (acc.flags.c_contiguous and acc.flags.writeable) or acc.dtype != np.float64:
+        return acc.astype(dtype)
+    flat = acc.reshape(-1)
+    out = flat.view(np.uint8)[: flat.size * dtype.itemsize].view(dtype)
+    for start in range(0, flat.size, CHUNK):
+        out[start:start + CHUNK] = flat[start:start + CHUNK].astype(dtype)  # astype copies before the write
+    return out.reshape(acc.shape)

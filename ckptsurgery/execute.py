@@ -68,11 +68,12 @@ def produce(plan: Plan, entry: OutputEntry) -> np.ndarray:
             raise PlanError(f"tensor {entry.name!r}: {len(entry.inputs)} inputs but no merge method to combine them")
         value = read(entry.inputs[0])
     else:
-        from .accumulate import combine
+        from .accumulate import combine, narrow_in_place
 
         last = entry.inputs[-1]
         source_dtype = plan.sources[last.source].info(last.name).dtype
-        value = combine(entry, read).astype(numpy_dtype(source_dtype))
+        out_dtype = numpy_dtype(source_dtype)
+        value = narrow_in_place(combine(entry, read, out_dtype), out_dtype)
     value = apply_steps(value, entry.steps, entry.name)
     if dtype_name_of_array(value) != entry.dtype:
         value = value.astype(numpy_dtype(entry.dtype))
@@ -129,6 +130,24 @@ def read_passthrough(plan: Plan, batch: list[OutputEntry]) -> dict[str, Any]:
     return values
 
 
+def to_tensor(array: np.ndarray) -> Any:
+    """A TF tensor holding ``array`` (one copy; the array can be freed at once)."""
+    from ._tf import tf
+
+    return tf().constant(array)
+
+
+def working_set(entry: OutputEntry) -> int:
+    """Bytes :func:`produce` holds for ``entry`` at its peak.
+
+    A combined entry keeps a float64 accumulator, one input and the cast
+    result; a transformed one keeps its input and its output.
+    """
+    if entry.method is not None:
+        return entry.nbytes_out * 2 + max(entry.nbytes_in // len(entry.inputs), entry.nbytes_out) * 2
+    return entry.nbytes_in + entry.nbytes_out
+
+
 def _check_finite(entry: OutputEntry, value: Any) -> None:
     if entry.dtype not in FLOATING:
         return
@@ -174,9 +193,18 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                     prefetch(plan, all_batches[number + 1])
                 ready = read_passthrough(plan, batch)
                 for entry in batch:
-                    value = ready.pop(entry.name) if entry.name in ready else produce(plan, entry)
-                    if not options.allow_nonfinite:
-                        _check_finite(entry, value)
+                    if entry.name not in ready and working_set(entry) > writer.budget:
+                        writer.drain()  # a big computed tensor: do not add its working set to the groups in flight
+                    if entry.name in ready:
+                        value = ready.pop(entry.name)
+                    else:
+                        computed = produce(plan, entry)
+                        if not options.allow_nonfinite:
+                            _check_finite(entry, computed)
+                        # Hand SaveV2 its own copy now, so the group in flight holds no numpy
+                        # buffers (a narrowed accumulator is twice the tensor's size).
+                        value = to_tensor(computed)
+                        del computed
                     writer.add(entry.name, value, entry.nbytes_out)
                     del value
                 writer.flush()  # one batch, one group: memory is the batch read plus the group in flight

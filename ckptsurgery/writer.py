@@ -176,6 +176,10 @@ class ShardWriter:
             raise _write_error(self.dest_prefix, exc) from None
         self._on_written(nbytes)
 
+    def drain(self) -> None:
+        """Wait until every group handed to a worker is saved (frees their memory)."""
+        self._wait()
+
     def _wait(self, keep: int = 0) -> None:
         while len(self._in_flight) > keep:
             future = self._in_flight.pop(0)
