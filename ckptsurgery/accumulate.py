@@ -120,26 +120,32 @@ def streaming_linear(
         raise UsageError(f"linear: normalize must be true or false, got {normalize!r}")
     w = _weights(weights, count, 1.0 / count, name)
     acc: np.ndarray | None = None
-    seen = 0
-    inputs = iter(arrays)
-    for wi in w:  # not zip(): zip's cached result tuple would keep the previous input alive
-        array = next(inputs, None)
-        if array is None:
-            break
-        array = np.asarray(array)
+    for wi, array, last in _each_input(arrays, w, name):
         if acc is None:
             acc = np.zeros(array.shape, dtype=np.float64)  # 0 + x, like sum(): -0.0 becomes 0.0
         _check_shape(array, acc, name)
-        seen += 1
-        if seen == count and _can_overwrite(array, out_dtype):
+        if last and _can_overwrite(array, out_dtype):
             return _finish_into(acc, array, wi, _denominator(w) if normalize else None)
         _add_scaled(acc, array, wi)
         del array
-    if acc is None or seen != count:
-        raise UsageError(f"tensor {name!r}: expected {count} inputs, read {seen}")
+    assert acc is not None
     if normalize:
         acc /= _denominator(w)
     return acc
+
+
+def _each_input(arrays: Iterable[np.ndarray], weights: list[float], name: str):
+    """Yield ``(weight, array, is_last)``, reading each input only when asked for it.
+
+    Not ``zip()``: its cached result tuple would keep the previous input alive
+    while the next is read; nor a local here, for the same reason.
+    """
+    inputs = iter(arrays)
+    for i, weight in enumerate(weights):
+        try:
+            yield weight, np.asarray(next(inputs)), i == len(weights) - 1
+        except StopIteration:
+            raise UsageError(f"tensor {name!r}: expected {len(weights)} inputs, read {i}") from None
 
 
 def _denominator(w: list[float]) -> float:
@@ -196,19 +202,10 @@ def streaming_task_arithmetic(
     """``base + sum_i w_i (x_i - base)``, one input in memory at a time (weights default 1.0)."""
     w = _weights(weights, count, 1.0, name)
     result = np.array(base, dtype=np.float64, copy=True)
-    seen = 0
-    inputs = iter(arrays)
-    for wi in w:  # not zip(): zip's cached result tuple would keep the previous input alive
-        array = next(inputs, None)
-        if array is None:
-            break
-        array = np.asarray(array)
+    for wi, array, _ in _each_input(arrays, w, name):
         _check_shape(array, result, name)
         _add_scaled(result, array, wi, minus=base)
         del array
-        seen += 1
-    if seen != count:
-        raise UsageError(f"tensor {name!r}: expected {count} inputs, read {seen}")
     return result
 
 
