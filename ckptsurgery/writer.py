@@ -174,6 +174,8 @@ class ShardWriter:
             faults.at("group-saved")
         except Exception as exc:
             raise _write_error(self.dest_prefix, exc) from None
+        if self.durable:
+            _start_writeback(prefix)
         self._on_written(nbytes)
 
     def drain(self) -> None:
@@ -223,6 +225,29 @@ class ShardWriter:
                 self._pool.shutdown(wait=True)
                 self._pool = None
         return self.published
+
+
+def _start_writeback(prefix: str) -> None:
+    """Start writing a saved group's data to disk now, without waiting for it.
+
+    On Linux ``POSIX_FADV_DONTNEED`` starts asynchronous writeback of dirty
+    pages (and drops clean ones from the cache), so by the time publish calls
+    ``fsync`` most bytes are already on disk and the final wait is short.
+    Only a hint: errors are ignored.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in Path(prefix).parent.glob(Path(prefix).name + ".data-*"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _dtype_name(array: Any) -> str:

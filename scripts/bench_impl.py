@@ -709,11 +709,12 @@ def main(argv=None) -> int:
         results["scale4"] = runner.measure(
             "scale4", f"`ckptsurgery copy` at 4x layers ({spec4['nbytes'] / GB:.1f} GB)",
             cli("copy", src4, str(prefix4), "--no-progress"), cleanup=[dest("scale4")],
-            verify=["copy", str(prefix4), src4])
+            verify=["copy", str(prefix4), src4], repeat=args.repeat)
         if "copy" not in results:
             results["copy"] = runner.measure("copy", "`ckptsurgery copy` (default budget, fsync)",
                                              cli("copy", src, str(dest("copy") / base), "--no-progress"),
-                                             cleanup=[dest("copy")], verify=["copy", str(dest("copy") / base), src])
+                                             cleanup=[dest("copy")], verify=["copy", str(dest("copy") / base), src],
+                                             repeat=args.repeat)
         if not args.keep_data:
             shutil.rmtree(folder4, ignore_errors=True)
 
@@ -758,7 +759,7 @@ def main(argv=None) -> int:
             targets.append(("edit", "edit wall ≤ 0.8× load-everything", f"{r:.2f}×", r <= 0.8))
         targets.append(("edit", "edit peak RSS < 1 GB", f"{results['edit'].rss / MB:,.0f} MB", results["edit"].rss < GB))
 
-    notes[:0] = [
+    general = [
         "Wall time is measured around each child process; peak RSS is `/usr/bin/time`'s maximum resident set "
         "size of the child (the largest process in its tree). CPU is user + system seconds."
         if runner.use_time else
@@ -777,8 +778,13 @@ def main(argv=None) -> int:
         "the non-optimizer ones, one `tf.compat.v1.assign(new, old)` each run as one group, then "
         "`Saver(var_list={renamed: new var}).save(sess, dst, write_meta_graph=False)`.",
         "Every output is checked after its run (names, shapes, dtypes, and values of sample tensors), "
-        "outside the timing. The cp rows run 3 times (median shown, range in brackets); others --repeat times.",
+        "outside the timing. The cp rows run at least 3 times, the others --repeat times (median shown, "
+        "range and count in brackets).",
     ]
+    keep = {"load-copy:": "load-copy", "load-edit:": "load-edit", "graph-edit ": "graph-edit"}
+    general = [n for n in general if not any(n.startswith(k) and v not in results for k, v in keep.items())]
+    notes[:0] = general
+
     context = {"date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
                + f" (benchmark took {(time.perf_counter() - started) / 60:.0f} min; command: scripts/bench "
                + " ".join(argv if argv is not None else sys.argv[1:]) + ")", "ckpt": ckpt_desc,
@@ -815,12 +821,12 @@ def run_average(args, runner, results, ratios, notes, generated, available, log)
         results["average"] = runner.measure(
             "average", f"`ckptsurgery average` of 8 × BERT-base ({size / GB:.2f} GB each)",
             cli("average", *base_prefixes, "--out", str(dst), "--no-progress"),
-            cleanup=[out / "average"], verify=["average", str(dst), *base_prefixes])
+            cleanup=[out / "average"], verify=["average", str(dst), *base_prefixes], repeat=args.repeat)
     dst = out / "average-t2t" / "model.ckpt"
     results["average-t2t"] = runner.measure(
         "average-t2t", "tensor2tensor-style average of the same 8 (float64 accumulators, Variables + Saver)",
         [sys.executable, __file__, "_t2t_average", str(dst), *base_prefixes],
-        cleanup=[out / "average-t2t"], verify=["average", str(dst), *base_prefixes])
+        cleanup=[out / "average-t2t"], verify=["average", str(dst), *base_prefixes], repeat=args.repeat)
     if available and results["average"].ok and results["average-t2t"].ok:
         ratios["average"] = f"{results['average'].wall / results['average-t2t'].wall:.2f}× t2t"
     notes.append("average-t2t: tensor2tensor avg_checkpoints.py recipe in eager TF2: float64 numpy accumulator "
@@ -841,7 +847,8 @@ def run_average(args, runner, results, ratios, notes, generated, available, log)
         dst = out / key / "model.ckpt"
         results[key] = runner.measure(key, f"`ckptsurgery average` of {n} small (2-layer BERT-base) checkpoints",
                                       cli("average", *small[:n], "--out", str(dst), "--no-progress"),
-                                      cleanup=[out / key], verify=["average", str(dst), *small[:n]])
+                                      cleanup=[out / key], verify=["average", str(dst), *small[:n]],
+                                      repeat=args.repeat)
     if results["average-2"].ok and results["average-16"].ok:
         ratios["average-16"] = f"RSS {results['average-16'].rss / results['average-2'].rss:.2f}× 2 inputs"
 
