@@ -759,6 +759,18 @@ def main(argv=None) -> int:
             targets.append(("edit", "edit wall ≤ 0.8× load-everything", f"{r:.2f}×", r <= 0.8))
         targets.append(("edit", "edit peak RSS < 1 GB", f"{results['edit'].rss / MB:,.0f} MB", results["edit"].rss < GB))
 
+    if ok("average") and ok("average-t2t"):
+        r = results["average"].wall / results["average-t2t"].wall
+        targets.append(("average", "average wall ≤ 0.5× t2t-style", f"{r:.2f}×", r <= 0.5))
+        bare_rss = results["bare"].rss if ok("bare") or ("bare" in results and results["bare"].rss) else 0
+        ours, peer = results["average"].rss - bare_rss, results["average-t2t"].rss - bare_rss
+        if bare_rss and peer > 0:
+            targets.append(("average", "average RSS above TF ≤ ¼ of t2t-style",
+                            f"{ours / MB:,.0f} / {peer / MB:,.0f} MB = {ours / peer:.2f}", ours <= peer / 4))
+    if ok("average-2") and ok("average-16"):
+        r = results["average-16"].rss / results["average-2"].rss
+        targets.append(("average-16", "average RSS, 16 vs 2 inputs, within 10%", f"{r:.2f}×", r <= 1.10))
+
     general = [
         "Wall time is measured around each child process; peak RSS is `/usr/bin/time`'s maximum resident set "
         "size of the child (the largest process in its tree). CPU is user + system seconds."
