@@ -150,7 +150,6 @@ def plan_average(
             names -= optimizer
         name_sets.append(names)
     union = set().union(*name_sets)
-    common = set.intersection(*name_sets)
 
     entries: list[OutputEntry] = []
     not_shared: list[str] = []

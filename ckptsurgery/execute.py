@@ -1,13 +1,16 @@
-"""Run a plan: read each input tensor, transform it, stream it to the writer.
+"""Run a plan: read input tensors, transform them, stream them to the writer.
 
-This is the only place where tensor data flows.  It holds one output
-tensor's inputs at a time, plus the writer's bounded groups, so memory is
-set by the budget and the largest tensor, never by the model.
+This is the only place where tensor data flows.  The plan's entries are
+taken in batches of at most the memory budget; each batch is read (its
+unchanged tensors in one ``RestoreV2`` call per source, as TF tensors that
+go to ``SaveV2`` without a numpy copy; the others through :func:`produce`)
+and handed to the writer as one group, which a worker saves while the next
+batch is read.  Memory is set by the budget and the largest tensor, never
+by the model.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass, field

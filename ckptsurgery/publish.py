@@ -518,7 +518,6 @@ def update_state_file(prefix: str) -> None:
 def _write_state_file(folder: str, latest: str, all_paths: list[str]) -> None:
     """Write the ``checkpoint`` text proto atomically (temp file, then rename)."""
     from google.protobuf import text_format
-    from tensorflow.python.checkpoint import checkpoint_management  # noqa: F401 - registers the proto
     from tensorflow.python.training import checkpoint_state_pb2
 
     state = checkpoint_state_pb2.CheckpointState(model_checkpoint_path=latest, all_model_checkpoint_paths=all_paths)

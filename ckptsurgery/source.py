@@ -185,14 +185,6 @@ class Checkpoint:
     def __iter__(self) -> Iterator[TensorInfo]:
         return iter(self._infos.values())
 
-    def data_files(self) -> list[str]:
-        folder = os.path.dirname(self.prefix) or "."
-        base = os.path.basename(self.prefix)
-        return sorted(
-            os.path.join(folder, f) for f in os.listdir(folder)
-            if f == base + ".index" or _DATA_FILE.match(f) and f.startswith(base + ".data-")
-        )
-
     # -- data -----------------------------------------------------------
     def read(self, name: str) -> np.ndarray:
         """Read one tensor; TensorFlow verifies its CRC32C on the way."""

@@ -77,7 +77,7 @@ def main() -> None:
     print("1. Train the old model (3 classes) and checkpoint it with tf.train.Checkpoint.")
     old = Classifier(classes=3, seed=1)
     train(old, steps=20)
-    old_ckpt = tf.train.CheckpointManager(tf.train.Checkpoint(model=old), str(WORK / "old"), 3).save()
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=old), str(WORK / "old"), 3).save()
 
     print("2. The new model changes one module (the head: 5 classes). Checkpoint it as initialized.")
     new = Classifier(classes=5, seed=2)

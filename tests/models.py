@@ -35,8 +35,8 @@ def _build_tf1_graph(seed: int = 0):
             partitioner=v1.fixed_size_partitioner(3),
         )
     head = v1.get_variable("head/kernel", initializer=rng.normal(size=(8, 2)).astype(np.float32))
-    vocab = v1.Variable(np.array([b"<pad>", b"hello", b"w\xc3\xb6rld"], dtype=object), name="vocab", trainable=False)
-    counts = v1.Variable(np.arange(5, dtype=np.int32), name="counts", trainable=False)
+    v1.Variable(np.array([b"<pad>", b"hello", b"w\xc3\xb6rld"], dtype=object), name="vocab", trainable=False)
+    v1.Variable(np.arange(5, dtype=np.int32), name="counts", trainable=False)
     gs = v1.train.get_or_create_global_step()
     x = tf.constant(rng.normal(size=(5, 4)).astype(np.float32))
     ids = tf.constant([1, 4, 7])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -35,8 +34,8 @@ options: {{memory_budget: 1KB}}
 
 
 def test_transfer_recipe_writes_report(tmp_path):
-    old = tf.train.Checkpoint(model=TinyModel(1, 3)).save(str(tmp_path / "old" / "ckpt"))
-    new = tf.train.Checkpoint(model=TinyModel(2, 4)).save(str(tmp_path / "new" / "ckpt"))
+    tf.train.Checkpoint(model=TinyModel(1, 3)).save(str(tmp_path / "old" / "ckpt"))
+    tf.train.Checkpoint(model=TinyModel(2, 4)).save(str(tmp_path / "new" / "ckpt"))
     recipe = tmp_path / "warm.yaml"
     recipe.write_text("transfer:\n  from: old/ckpt-1\n  into: new/ckpt-1\n  report: report.json\noutput: warm/ckpt\n")
     result, report = cs.run_recipe(recipe, progress=False)
