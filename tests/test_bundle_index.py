@@ -38,6 +38,9 @@ from ckptsurgery.bundle_index import (  # noqa: E402
 )
 from ckptsurgery.errors import BadCheckpointError  # noqa: E402
 from tensorflow.core.protobuf import tensor_bundle_pb2  # noqa: E402
+from index_writer import (  # noqa: E402
+    build_table, index_kvs, put_varint, rewrite_entry, rewrite_header, write_index,
+)
 
 REALCKPT = Path(__file__).resolve().parents[2] / "shared" / "realckpt"
 
@@ -47,39 +50,9 @@ REALCKPT = Path(__file__).resolve().parents[2] / "shared" / "realckpt"
 # ---------------------------------------------------------------------------
 
 
-def _put_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _block(kvs: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
-    out = bytearray()
-    restarts = [0]
-    last = b""
-    for i, (k, v) in enumerate(kvs):
-        shared = 0
-        if i % restart_interval == 0:
-            if i:
-                restarts.append(len(out))
-        else:
-            while shared < min(len(last), len(k)) and last[shared] == k[shared]:
-                shared += 1
-        out += _put_varint(shared) + _put_varint(len(k) - shared) + _put_varint(len(v))
-        out += k[shared:] + v
-        last = k
-    for r in restarts:
-        out += struct.pack("<I", r)
-    out += struct.pack("<I", len(restarts))
-    return bytes(out)
-
-
 def snappy_compress(data: bytes) -> bytes:
     """Greedy raw-snappy compressor (literals, 1- and 2-byte-offset copies)."""
-    out = bytearray(_put_varint(len(data)))
+    out = bytearray(put_varint(len(data)))
     table: dict[bytes, int] = {}
     i = lit = 0
 
@@ -122,82 +95,6 @@ def snappy_compress(data: bytes) -> bytes:
         lit += 200
     emit_literal(lit, len(data))
     return bytes(out)
-
-
-def build_table(
-    kvs: list[tuple[bytes, bytes]],
-    block_size: int = 4096,
-    compress=None,
-    block_type: int | None = None,
-) -> tuple[bytes, list[tuple[int, int]]]:
-    """Write kvs as a TF table; returns (file bytes, [(offset, size)] of every
-    block).  ``compress`` (a function) stores blocks with type 1."""
-    out = bytearray()
-    blocks: list[tuple[int, int]] = []
-
-    def write_block(raw: bytes) -> tuple[int, int]:
-        btype = 0
-        if compress is not None:
-            raw, btype = compress(raw), 1
-        if block_type is not None:
-            btype = block_type
-        off = len(out)
-        out.extend(raw)
-        out.append(btype)
-        out.extend(struct.pack("<I", masked_crc32c(raw + bytes([btype]))))
-        blocks.append((off, len(raw)))
-        return off, len(raw)
-
-    index: list[tuple[bytes, bytes]] = []
-    pending: list[tuple[bytes, bytes]] = []
-    size = 0
-    for k, v in kvs:
-        pending.append((k, v))
-        size += len(k) + len(v) + 3
-        if size >= block_size:
-            off, n = write_block(_block(pending))
-            index.append((pending[-1][0], _put_varint(off) + _put_varint(n)))
-            pending, size = [], 0
-    if pending:
-        off, n = write_block(_block(pending))
-        index.append((pending[-1][0], _put_varint(off) + _put_varint(n)))
-    meta = write_block(_block([]))
-    idx = write_block(_block(index, restart_interval=1))
-    footer = _put_varint(meta[0]) + _put_varint(meta[1]) + _put_varint(idx[0]) + _put_varint(idx[1])
-    footer = footer.ljust(40, b"\0") + struct.pack("<Q", bi.TABLE_MAGIC)
-    out.extend(footer)
-    return bytes(out), blocks
-
-
-def index_kvs(prefix: str) -> list[tuple[bytes, bytes]]:
-    return parse_table(Path(prefix + ".index").read_bytes())
-
-
-def write_index(prefix: str, kvs: list[tuple[bytes, bytes]], **kw) -> None:
-    Path(prefix + ".index").write_bytes(build_table(kvs, **kw)[0])
-
-
-def rewrite_entry(prefix: str, key: bytes, fn) -> None:
-    """Rebuild the index with ``fn`` applied to one BundleEntryProto."""
-    kvs = []
-    assert key in dict(index_kvs(prefix)), key
-    for k, v in index_kvs(prefix):
-        if k == key:
-            e = tensor_bundle_pb2.BundleEntryProto()
-            e.ParseFromString(v)
-            fn(e)
-            v = e.SerializeToString()
-        kvs.append((k, v))
-    write_index(prefix, kvs)
-
-
-def rewrite_header(prefix: str, fn) -> None:
-    kvs = index_kvs(prefix)
-    h = tensor_bundle_pb2.BundleHeaderProto()
-    h.ParseFromString(kvs[0][1])
-    fn(h)
-    kvs[0] = (b"", h.SerializeToString())
-    write_index(prefix, kvs)
 
 
 # ---------------------------------------------------------------------------
@@ -513,8 +410,8 @@ def test_handle_outside_file(ckpt):
     data, blocks = build_table(kvs)
     buf = bytearray(data)
     footer = len(buf) - 48
-    handle = _put_varint(blocks[-1][0]) + _put_varint(1 << 40)
-    meta = _put_varint(blocks[-2][0]) + _put_varint(blocks[-2][1])
+    handle = put_varint(blocks[-1][0]) + put_varint(1 << 40)
+    meta = put_varint(blocks[-2][0]) + put_varint(blocks[-2][1])
     buf[footer : footer + 40] = (meta + handle).ljust(40, b"\0")
     Path(ckpt + ".index").write_bytes(bytes(buf))
     assert "outside the table" in str(bad(read_index, ckpt))
@@ -788,7 +685,7 @@ def test_huge_string_length_with_valid_checksum(ckpt):
     key = S  # three elements: lengths 2**38, 0, 0
     shard = Path(ckpt + ".data-00000-of-00001")
     crc = masked_crc32c(struct.pack("<QII", 1 << 38, 0, 0))
-    blob = _put_varint(1 << 38) + b"\0\0" + struct.pack("<I", crc) + b"x" * 6
+    blob = put_varint(1 << 38) + b"\0\0" + struct.pack("<I", crc) + b"x" * 6
     end = shard.stat().st_size
     shard.write_bytes(shard.read_bytes() + blob)
 

@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 from collections import Counter
@@ -37,64 +36,13 @@ import pytest
 
 from conftest import ROOT
 
-from ckptsurgery.bundle_index import TABLE_MAGIC, masked_crc32c, parse_table, read_index
+from ckptsurgery.bundle_index import read_index
+from index_writer import rewrite_entry
 
 OK_CODES = {0, 1, 3, 4}
 CASES_PER_PROCESS = 8
 TIMEOUT = 60.0  # seconds per command: longer is a hang
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 1091\n"
-
-
-# -- a minimal TF table writer, to rewrite index entries with valid checksums ----------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _block(kvs: list[tuple[bytes, bytes]]) -> bytes:
-    out, restarts = bytearray(), []
-    for k, v in kvs:  # a restart at every entry: no shared key prefixes
-        restarts.append(len(out))
-        out += _varint(0) + _varint(len(k)) + _varint(len(v)) + k + v
-    restarts = restarts or [0]
-    for r in restarts:
-        out += struct.pack("<I", r)
-    return bytes(out + struct.pack("<I", len(restarts)))
-
-
-def build_index(kvs: list[tuple[bytes, bytes]]) -> bytes:
-    out = bytearray()
-
-    def put(raw: bytes) -> tuple[int, int]:
-        offset = len(out)
-        out.extend(raw + b"\0" + struct.pack("<I", masked_crc32c(raw + b"\0")))
-        return offset, len(raw)
-
-    data = put(_block(kvs))
-    meta = put(_block([]))
-    index = put(_block([(kvs[-1][0], _varint(data[0]) + _varint(data[1]))]))
-    footer = (_varint(meta[0]) + _varint(meta[1]) + _varint(index[0]) + _varint(index[1])).ljust(40, b"\0")
-    return bytes(out + footer + struct.pack("<Q", TABLE_MAGIC))
-
-
-def rewrite_entry(prefix: str, name: str, fn) -> None:
-    """Apply ``fn`` to the BundleEntryProto of ``name`` (or to the header for ``""``) and rewrite the index."""
-    from tensorflow.core.protobuf import tensor_bundle_pb2
-
-    path = Path(prefix + ".index")
-    kvs = []
-    for key, value in parse_table(path.read_bytes()):
-        if key == name.encode():
-            proto = tensor_bundle_pb2.BundleHeaderProto() if key == b"" else tensor_bundle_pb2.BundleEntryProto()
-            proto.ParseFromString(value)
-            fn(proto)
-            value = proto.SerializeToString()
-        kvs.append((key, value))
-    path.write_bytes(build_index(kvs))
 
 
 def _set_dims(*dims: int):
