@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ import numpy as np
 from .dtypes import FLOATING, dtype_name_of_array, numpy_dtype
 from .errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
 from .objectgraph import rewrite_object_graph
-from .plan import OutputEntry, Plan
+from .plan import OutputEntry, Plan, TensorRef
 from .source import OBJECT_GRAPH_KEY, open_checkpoint
 from .transforms import apply_steps
 from .writer import DEFAULT_MEMORY_BUDGET, ShardWriter, resolve_destination
@@ -53,7 +54,7 @@ class WriteResult:
         return {"output": self.prefix, "tensors": self.tensors, "nbytes": self.nbytes, "dropped": self.dropped}
 
 
-def produce(plan: Plan, entry: OutputEntry) -> np.ndarray:
+def produce(plan: Plan, entry: OutputEntry, already_read: dict[TensorRef, Any] | None = None) -> np.ndarray:
     """Compute one output tensor's value (read, combine, transform).
 
     One input: read it.  Several inputs (``average``, ``merge``): the merge
@@ -61,9 +62,12 @@ def produce(plan: Plan, entry: OutputEntry) -> np.ndarray:
     method allows (see :mod:`ckptsurgery.accumulate`), and the result is cast
     back to the inputs' dtype (bfloat16 and float16 included) before ``steps``.
     NaN/Inf are checked by the caller (:func:`execute`) unless allowed.
+    ``already_read`` holds inputs the executor read ahead (see :func:`read_batch`).
     """
 
-    def read(ref):
+    def read(ref: TensorRef) -> np.ndarray:
+        if already_read and ref in already_read:
+            return np.asarray(already_read[ref])
         return plan.sources[ref.source].read(ref.name)
 
     if entry.method is None:
@@ -116,21 +120,27 @@ def prefetch(plan: Plan, batch: list[OutputEntry]) -> None:
         plan.sources[alias].prefetch(names)
 
 
-def read_passthrough(plan: Plan, batch: list[OutputEntry]) -> dict[str, Any]:
-    """Read a batch's unchanged tensors as TF tensors, one ``RestoreV2`` call per source.
+def read_batch(
+    plan: Plan, batch: list[OutputEntry], budget: int, pool: ThreadPoolExecutor
+) -> dict[TensorRef, Any]:
+    """Read a batch's inputs as TF tensors: one ``RestoreV2`` call per source, sources in parallel.
 
-    They go to ``SaveV2`` without a numpy copy, so a plain copy holds each
-    tensor once; everything else goes through :func:`produce`.
+    Unchanged tensors then go to ``SaveV2`` without a numpy copy.  The inputs
+    of computed entries are read here too when they fit the budget together;
+    a bigger one (a batch of its own) is streamed input by input in :func:`produce`.
     """
-    by_source: dict[str, list[OutputEntry]] = {}
+    computed_fit = sum(e.nbytes_in for e in batch if not is_passthrough(e)) <= budget
+    wanted: dict[str, dict[str, None]] = {}
     for entry in batch:
-        if is_passthrough(entry):
-            by_source.setdefault(entry.inputs[0].source, []).append(entry)
-    values: dict[str, Any] = {}
-    for alias, entries in by_source.items():
-        tensors = plan.sources[alias].read_many([e.inputs[0].name for e in entries])
-        values.update({e.name: t for e, t in zip(entries, tensors)})
-    return values
+        if is_passthrough(entry) or computed_fit:
+            for ref in entry.inputs:
+                wanted.setdefault(ref.source, {})[ref.name] = None
+
+    def read_source(alias: str) -> list[tuple[TensorRef, Any]]:
+        names = list(wanted[alias])
+        return [(TensorRef(alias, n), t) for n, t in zip(names, plan.sources[alias].read_many(names))]
+
+    return {ref: tensor for pairs in pool.map(read_source, wanted) for ref, tensor in pairs}
 
 
 def to_tensor(array: np.ndarray) -> Any:
@@ -187,6 +197,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
         if options.verify:
             verify_values(plan, merged_prefix)
 
+    readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.durable, on_written=bar.update, check=check) as writer:
@@ -194,14 +205,14 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
-                ready = read_passthrough(plan, batch)
+                inputs = read_batch(plan, batch, writer.budget, readers)
                 for entry in batch:
-                    if entry.name not in ready and working_set(entry) > writer.budget:
-                        writer.drain()  # a big computed tensor: do not add its working set to the groups in flight
-                    if entry.name in ready:
-                        value = ready.pop(entry.name)
+                    if is_passthrough(entry):
+                        value = inputs[entry.inputs[0]]
                     else:
-                        computed = produce(plan, entry)
+                        if working_set(entry) > writer.budget:
+                            writer.drain()  # a big computed tensor: its working set must not add to the groups in flight
+                        computed = produce(plan, entry, inputs)
                         if not options.allow_nonfinite:
                             _check_finite(entry, computed)
                         # Hand SaveV2 its own copy now, so the group in flight holds no numpy
@@ -211,11 +222,12 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                     writer.add(entry.name, value, entry.nbytes_out)
                     del value
                 writer.flush()  # one batch, one group: memory is the batch read plus the group in flight
-                del ready
+                del inputs
             if graph_bytes is not None:
                 writer.add(OBJECT_GRAPH_KEY, np.array(graph_bytes, dtype=object))
             published = writer.finish()
     finally:
+        readers.shutdown(wait=True)
         bar.close()
     return WriteResult(published, len(expected), plan.nbytes_out, [r.name for r in plan.dropped])
 
