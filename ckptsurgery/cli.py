@@ -247,7 +247,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from .comparison import diff
 
-    report = diff(args.a, args.b, atol=args.atol, values=not args.names_only)
+    report = diff(args.a, args.b, atol=args.atol, values=not args.names_only, progress=None)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return EXIT_OK if report.identical else EXIT_DIFFERENT
 

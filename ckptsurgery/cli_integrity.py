@@ -46,14 +46,12 @@ def add_commands(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .source import open_checkpoint
+    from .execute import progress_bar
     from .integrity import ONLY_OTHER, verify
+    from .source import open_checkpoint
 
     ckpt = open_checkpoint(args.checkpoint)
-    with tqdm(total=ckpt.total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="verifying",
-              disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False) as bar:
+    with progress_bar(ckpt.total_bytes, None, "verifying") as bar:
         report = verify(ckpt, against=args.against,
                         on_tensor=lambda check: bar.update(0 if check.status == ONLY_OTHER else check.nbytes))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .execute import progress_bar
 from .source import Checkpoint, open_checkpoint
 
 
@@ -86,7 +87,9 @@ def _value_diff(name: str, x: np.ndarray, y: np.ndarray, atol: float) -> ValueDi
     return ValueDiff(name, float(delta.max()), float(np.nan_to_num(rel, nan=np.inf).max()), differing, x.size)
 
 
-def diff(a: str | Checkpoint, b: str | Checkpoint, *, atol: float = 0.0, values: bool = True) -> DiffReport:
+def diff(
+    a: str | Checkpoint, b: str | Checkpoint, *, atol: float = 0.0, values: bool = True, progress: bool | None = False
+) -> DiffReport:
     """Compare two checkpoints; ``atol`` tolerates small value differences.
 
     >>> report = diff("runs/a/", "runs/b/")   # doctest: +SKIP
@@ -98,8 +101,11 @@ def diff(a: str | Checkpoint, b: str | Checkpoint, *, atol: float = 0.0, values:
     names_a, names_b = set(ca.names), set(cb.names)
     report.only_in_a = sorted(names_a - names_b)
     report.only_in_b = sorted(names_b - names_a)
-    for name in sorted(names_a & names_b):
+    common = sorted(names_a & names_b)
+    bar = progress_bar(sum(ca.info(n).nbytes for n in common) if values else 0, progress, "comparing")
+    for name in common:
         ia, ib = ca.info(name), cb.info(name)
+        bar.update(ia.nbytes if values else 0)
         if (ia.dtype, ia.shape) != (ib.dtype, ib.shape):
             report.dtype_or_shape.append(
                 {"name": name, "a": f"{ia.dtype}{list(ia.shape)}", "b": f"{ib.dtype}{list(ib.shape)}"})
@@ -112,4 +118,5 @@ def diff(a: str | Checkpoint, b: str | Checkpoint, *, atol: float = 0.0, values:
             report.equal += 1
         else:
             report.values.append(difference)
+    bar.close()
     return report

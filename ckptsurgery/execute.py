@@ -169,7 +169,8 @@ def _check_finite(entry: OutputEntry, value: Any) -> None:
         raise NonFiniteError(f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
 
 
-def _progress_bar(total: int, enabled: bool | None, desc: str):
+def progress_bar(total: int, enabled: bool | None, desc: str):
+    """A tqdm bar in bytes; ``enabled=None`` means: only when stderr is a terminal."""
     from tqdm import tqdm
 
     if enabled is None:
@@ -187,7 +188,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
         source_graph = plan.sources[plan.object_graph.source].read_object_graph()
         graph_bytes = rewrite_object_graph(source_graph, plan.object_graph.key_map)
 
-    bar = _progress_bar(plan.nbytes_out, options.progress, "writing")
+    bar = progress_bar(plan.nbytes_out, options.progress, "writing")
     expected = {e.name: (e.dtype, tuple(e.shape)) for e in plan.entries}
     if graph_bytes is not None:
         expected[OBJECT_GRAPH_KEY] = ("string", ())
