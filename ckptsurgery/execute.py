@@ -96,6 +96,18 @@ def is_passthrough(entry: OutputEntry) -> bool:
     return entry.method is None and not entry.steps and len(entry.inputs) == 1
 
 
+def saved_parts(plan: Plan, entry: OutputEntry) -> list[str]:
+    """The parts of an unchanged TF1 partitioned variable, to stream one by one ([] otherwise).
+
+    Copying part by part keeps the partitioning and never holds the whole
+    variable, which is often the model's largest (an embedding).
+    """
+    if not is_passthrough(entry):
+        return []
+    ref = entry.inputs[0]
+    return plan.sources[ref.source].info(ref.name).slice_specs()
+
+
 def batches(entries: list[OutputEntry], budget: int) -> Iterator[list[OutputEntry]]:
     """Consecutive entries whose input bytes add up to at most ``budget`` (a bigger one goes alone)."""
     batch: list[OutputEntry] = []
@@ -132,6 +144,8 @@ def read_batch(
     computed_fit = sum(e.nbytes_in for e in batch if not is_passthrough(e)) <= budget
     wanted: dict[str, dict[str, None]] = {}
     for entry in batch:
+        if saved_parts(plan, entry):
+            continue  # streamed part by part by the executor
         if is_passthrough(entry) or computed_fit:
             for ref in entry.inputs:
                 wanted.setdefault(ref.source, {})[ref.name] = None
@@ -141,6 +155,16 @@ def read_batch(
         return [(TensorRef(alias, n), t) for n, t in zip(names, plan.sources[alias].read_many(names))]
 
     return {ref: tensor for pairs in pool.map(read_source, wanted) for ref, tensor in pairs}
+
+
+def copy_parts(plan: Plan, entry: OutputEntry, parts: list[str], writer: ShardWriter) -> None:
+    """Stream a partitioned variable part by part, keeping its partitioning in the output."""
+    ref = entry.inputs[0]
+    source = plan.sources[ref.source]
+    for spec in parts:
+        part = source.read_slice(ref.name, spec)
+        writer.add(entry.name, part, None, spec)  # the writer starts a new group when the budget is reached
+        del part
 
 
 def to_tensor(array: np.ndarray) -> Any:
@@ -208,6 +232,10 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                     prefetch(plan, all_batches[number + 1])
                 inputs = read_batch(plan, batch, writer.budget, readers)
                 for entry in batch:
+                    parts = saved_parts(plan, entry)
+                    if parts:
+                        copy_parts(plan, entry, parts, writer)
+                        continue
                     if is_passthrough(entry):
                         value = inputs[entry.inputs[0]]
                     else:

@@ -45,6 +45,14 @@ class TensorInfo:
     shape: tuple[int, ...]
     nbytes: int
     partitioned: bool = False
+    #: For a TF1 partitioned variable, each saved part's extent per dimension: ((start, length), ...).
+    slices: tuple[tuple[tuple[int, int], ...], ...] = ()
+
+    def slice_specs(self) -> list[str]:
+        """TF's ``shape_and_slices`` strings for each saved part (``"10 3 0,4:0,3"``)."""
+        dims = " ".join(str(d) for d in self.shape)
+        return [f"{dims} " + ":".join("-" if length < 0 else f"{start},{length}" for start, length in extents)
+                for extents in self.slices]
 
     @property
     def num_elements(self) -> int:
@@ -150,7 +158,8 @@ class Checkpoint:
             partitioned = bool(entry.slices)
             # Strings vary per element, so only the index knows their size.
             nbytes = entry.size if dtype == "string" else math.prod(shape) * itemsize(dtype)
-            infos[entry.name] = TensorInfo(entry.name, dtype, shape, int(nbytes), partitioned)
+            infos[entry.name] = TensorInfo(entry.name, dtype, shape, int(nbytes), partitioned,
+                                           tuple(tuple(map(tuple, extents)) for extents in entry.slices))
         return dict(sorted(infos.items()))
 
     @property
@@ -205,6 +214,16 @@ class Checkpoint:
         if info.dtype == "string":
             return np.asarray(value, dtype=object).reshape(info.shape)
         return np.asarray(value).reshape(info.shape)
+
+    def read_slice(self, name: str, spec: str):
+        """Read one saved part of a partitioned variable (``spec`` from :meth:`TensorInfo.slice_specs`)."""
+        tf_ = tf()
+        try:
+            (tensor,) = tf_.raw_ops.RestoreV2(prefix=self.prefix, tensor_names=[name], shape_and_slices=[spec],
+                                              dtypes=[tf_.as_dtype(self.info(name).dtype)])
+        except Exception as exc:
+            raise BadCheckpointError(self.prefix, _tf_message(exc), name) from None
+        return tensor
 
     def read_many(self, names: list[str]) -> list:
         """Read several tensors with one ``RestoreV2`` call, as TensorFlow tensors.

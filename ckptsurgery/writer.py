@@ -90,11 +90,10 @@ class ShardWriter:
         self._staging: Staging | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: list[Future] = []
-        self._group: list[tuple[str, np.ndarray]] = []
+        self._group: list[tuple[str, Any, str]] = []
         self._group_bytes = 0
         self._prefixes: list[str] = []
-        self._names: set[str] = set()
-        self.added: dict[str, tuple[str, tuple[int, ...]]] = {}
+        self._names: set[tuple[str, str]] = set()
         self.published: str | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -133,19 +132,21 @@ class ShardWriter:
         self._lock.release()
 
     # -- adding tensors -----------------------------------------------------
-    def add(self, name: str, array: Any, nbytes: int | None = None) -> None:
+    def add(self, name: str, array: Any, nbytes: int | None = None, slice_spec: str = "") -> None:
         """Queue one tensor (numpy array or TF tensor); a full group is saved in the background.
 
         ``nbytes`` (the plan's size) saves counting a string tensor's bytes.
+        ``slice_spec`` writes one part of a partitioned variable (TF's
+        ``shape_and_slices`` syntax); its parts may land in different groups,
+        and ``MergeV2Checkpoints`` joins them under one entry.
         """
-        if name in self._names:
+        if (name, slice_spec) in self._names:
             raise OutputError(f"{self.dest_prefix}: tensor {name!r} written twice")
-        self._names.add(name)
-        self.added[name] = (_dtype_name(array), tuple(int(d) for d in array.shape))
+        self._names.add((name, slice_spec))
         nbytes = _array_nbytes(array) if nbytes is None else nbytes
         if self._group and self._group_bytes + nbytes > self.budget:
             self.flush()
-        self._group.append((name, array))
+        self._group.append((name, array, slice_spec))
         self._group_bytes += nbytes
 
     def flush(self) -> None:
@@ -164,13 +165,14 @@ class ShardWriter:
         self._group, self._group_bytes = [], 0
         self._in_flight.append(self._pool.submit(self._save_group, prefix, group, nbytes))
 
-    def _save_group(self, prefix: str, group: list[tuple[str, np.ndarray]], nbytes: int) -> None:
+    def _save_group(self, prefix: str, group: list[tuple[str, Any, str]], nbytes: int) -> None:
         tf_ = tf()
-        names = [name for name, _ in group]
+        names = [name for name, _, _ in group]
         try:
             # TF tensors (the copy path) go in as they are; numpy arrays are converted once.
-            tensors = [array if tf_.is_tensor(array) else tf_.constant(array) for _, array in group]
-            tf_.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
+            tensors = [array if tf_.is_tensor(array) else tf_.constant(array) for _, array, _ in group]
+            tf_.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[spec for _, _, spec in group],
+                               tensors=tensors)
             faults.at("group-saved")
         except Exception as exc:
             raise _write_error(self.dest_prefix, exc) from None

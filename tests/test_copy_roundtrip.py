@@ -121,3 +121,22 @@ def test_every_dtype_tf_stores_round_trips(tmp_path):
     assert_same_bundle(src, str(out))
     ckpt = cs.open_checkpoint(out)
     assert ckpt.info("bf16").dtype == "bfloat16" and ckpt.info("c128").dtype == "complex128"
+
+
+def test_partitioned_variable_is_streamed_part_by_part_and_keeps_its_parts(tf1_ckpt, tmp_path):
+    from ckptsurgery.bundle_index import read_index
+
+    out = tmp_path / "parts" / "model.ckpt"
+    cs.copy(tf1_ckpt, out, progress=False, memory_budget="40B")  # every part in a group of its own
+    source_parts, copied_parts = read_index(tf1_ckpt).slice_entries, read_index(str(out)).slice_entries
+    assert set(copied_parts) == set(source_parts) and "embed/table" in copied_parts
+    for name in source_parts:
+        assert sorted(e.slices for e in copied_parts[name]) == sorted(e.slices for e in source_parts[name]), name
+    # Renamed there and back, the parts still restore into the real partitioned variable.
+    there, back = tmp_path / "there" / "m", tmp_path / "back" / "m"
+    cs.edit(out, there, [cs.Rename("^embed/", "emb/")], progress=False)
+    assert "emb/table" in read_index(str(there)).slice_entries
+    cs.edit(there, back, [cs.Rename("^emb/", "embed/")], progress=False)
+    original, restored = restore_tf1(tf1_ckpt), restore_tf1(str(back))
+    for name, value in original.items():
+        np.testing.assert_array_equal(value, restored[name], err_msg=name)
