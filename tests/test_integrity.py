@@ -227,10 +227,10 @@ def test_verify_refuses_to_publish_a_corrupted_write(tf1_ckpt, tmp_path, monkeyp
 
     add = ShardWriter.add
 
-    def corrupting_add(self, name, array, nbytes=None):
+    def corrupting_add(self, name, array, *args, **kwargs):
         if name == "head/kernel":
             array = np.asarray(array) + np.float32(1)
-        return add(self, name, array, nbytes)
+        return add(self, name, array, *args, **kwargs)
 
     monkeypatch.setattr(ShardWriter, "add", corrupting_add)
     out = tmp_path / "out" / "model.ckpt"
