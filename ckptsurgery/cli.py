@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  ckptsurgery edit old/ new/model.ckpt --drop-optimizer\n"
                               "  ckptsurgery edit old/ new/model.ckpt --rename '^bert/' 'encoder/' --drop 'cls/'\n"
                               "  ckptsurgery edit old/ new/model.ckpt --cast float32:bfloat16 'encoder/'\n"
-                              "  ckptsurgery edit old/ new/model.ckpt --resize 'word_embeddings$' 30600,* mean --dry-run")
+                              "  ckptsurgery edit old/ new/model.ckpt --resize 'word_embeddings$' '30600,*' mean --dry-run")
     p.add_argument("src", help=CKPT_HELP)
     p.add_argument("dst", help="destination prefix")
     _add_rule_options(p)
