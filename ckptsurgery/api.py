@@ -20,7 +20,7 @@ import os
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .execute import WriteOptions, WriteResult, execute
+from .execute import WriteResult, write_or_plan
 from .inspection import summary_json
 from .plan import Plan, plan_edit
 from .rules import Rule
@@ -39,19 +39,13 @@ def inspect(path: PathLike) -> dict:
     return summary_json(open_checkpoint(path))
 
 
-def _write(plan: Plan, dst: str | os.PathLike, dry_run: bool, options: dict) -> WriteResult | Plan:
-    if dry_run:
-        return plan
-    return execute(plan, dst, WriteOptions(**options))
-
-
 def copy(src: PathLike, dst: str | os.PathLike, *, dry_run: bool = False, **options) -> WriteResult | Plan:
     """Rewrite ``src`` at ``dst`` unchanged, in streaming shards.
 
     Options are those of :class:`WriteOptions` (``memory_budget``, ``force``,
     ``workers``, ``progress``, ``verify``, ``durable``).
     """
-    return _write(plan_edit(open_checkpoint(src), []), dst, dry_run, options)
+    return write_or_plan(plan_edit(open_checkpoint(src), []), dst, dry_run, **options)
 
 
 def edit(
@@ -62,7 +56,7 @@ def edit(
     Raises :class:`RuleError` before anything is read when a rule matches
     nothing, and :class:`PlanError` when two tensors would share an output name.
     """
-    return _write(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, options)
+    return write_or_plan(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, **options)
 
 
 def transfer(
@@ -92,7 +86,7 @@ def transfer(
         raise UsageError("transfer into a checkpoint needs a destination (dst)")
     plan, report = plan_transfer(open_checkpoint(old), open_checkpoint(new), rules=rules, name_map=name_map,
                                  strict=strict, skip_optimizer=skip_optimizer)
-    return _write(plan, dst, dry_run, options), report
+    return write_or_plan(plan, dst, dry_run, **options), report
 
 
 def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True):

@@ -57,7 +57,7 @@ import numpy as np
 from .accumulate import BASE_INPUT, RESERVED_PARAMS, SEED, WEIGHTS
 from .dtypes import FLOATING
 from .errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, UsageError
-from .execute import WriteOptions, WriteResult, execute
+from .execute import WriteResult, write_or_plan
 from .merge_methods import apply_method, derive_seed, get_method
 from .optimizer_state import is_optimizer_state
 from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, out_nbytes
@@ -534,13 +534,6 @@ def _check_method(rule: MethodRule, name: str | None, count: int, weights: list[
 
 
 # -- the API mirrors the CLI -----------------------------------------------------------
-def _write(plan: Plan, out: str | os.PathLike, dry_run: bool, allow_nonfinite: bool, options: dict
-           ) -> WriteResult | Plan:
-    if dry_run:
-        return plan
-    return execute(plan, out, WriteOptions(allow_nonfinite=allow_nonfinite, **options))
-
-
 def average(
     checkpoints: Sequence[PathLike],
     out: str | os.PathLike,
@@ -565,7 +558,7 @@ def average(
     """
     plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
                         keep_optimizer=keep_optimizer, intersection=intersection)
-    return _write(plan, out, dry_run, allow_nonfinite, options)
+    return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
 
 
 def merge(
@@ -592,7 +585,7 @@ def merge(
     """
     plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
                       graph_from=graph_from)
-    return _write(plan, out, dry_run, allow_nonfinite, options)
+    return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
 
 
 # -- plain-dict specs (recipes) --------------------------------------------------------
@@ -786,7 +779,7 @@ def _run_spec(parsed, where: str, dry_run: bool, options: dict) -> WriteResult |
     if parsed.output is None:
         raise UsageError(f"{where}: no output given")
     allow = parsed.options.get("allow_nonfinite", False) if isinstance(parsed, AverageSpec) else parsed.allow_nonfinite
-    return _write(plan, parsed.output, False, allow, options)
+    return write_or_plan(plan, parsed.output, False, allow_nonfinite=allow, **options)
 
 
 def merge_from_spec(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str, dry_run: bool = False,

@@ -261,6 +261,11 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     return WriteResult(published, len(expected), plan.nbytes_out, [r.name for r in plan.dropped])
 
 
+def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, **options: Any) -> WriteResult | Plan:
+    """What every command's API function ends with: the plan for ``dry_run``, else the written result."""
+    return plan if dry_run else execute(plan, dest, WriteOptions(**options))
+
+
 def check_written(prefix: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:
     """The cheap check after every write: names, dtypes and shapes equal the plan."""
     written = open_checkpoint(prefix)

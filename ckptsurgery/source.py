@@ -30,6 +30,7 @@ import numpy as np
 from ._tf import tf
 from .dtypes import KNOWN, itemsize
 from .errors import BadCheckpointError
+from .fileio import WILLNEED, advise
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
@@ -253,22 +254,16 @@ class Checkpoint:
         current one, so disk reads overlap with checksumming and saving.  It is
         only a hint: nothing is read into this process and errors are ignored.
         """
-        if not hasattr(os, "posix_fadvise"):
-            return
+        ranges: dict[int, list[tuple[int, int]]] = {}
         for name in names:
             entry = self._index.entries.get(name)
-            if entry is None or not entry.size:
+            if entry is None:
                 continue
-            try:
-                fd = os.open(self._index.data_path(entry.shard_id), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, entry.offset, entry.size, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            for part in (entry, *self._index.slice_entries.get(name, ())):  # a partitioned variable's parts
+                if part.size:
+                    ranges.setdefault(part.shard_id, []).append((part.offset, part.size))
+        for shard_id, shard_ranges in ranges.items():
+            advise(self._index.data_path(shard_id), WILLNEED, shard_ranges)
 
     def read_object_graph(self) -> bytes | None:
         """The serialized ``TrackableObjectGraph`` of a TF2 checkpoint, else None."""

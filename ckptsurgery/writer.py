@@ -28,6 +28,7 @@ from ._tf import tf
 from . import faults
 from .dtypes import dtype_name_of_array
 from .errors import CkptSurgeryError, OutputError
+from .fileio import DONTNEED, advise
 from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
 from .sizes import parse_size
 
@@ -237,19 +238,8 @@ def _start_writeback(prefix: str) -> None:
     ``fsync`` most bytes are already on disk and the final wait is short.
     Only a hint: errors are ignored.
     """
-    if not hasattr(os, "posix_fadvise"):
-        return
     for path in Path(prefix).parent.glob(Path(prefix).name + ".data-*"):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        advise(path, DONTNEED)
 
 
 def _dtype_name(array: Any) -> str:

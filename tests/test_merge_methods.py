@@ -6,23 +6,18 @@ so each test pins concrete numbers.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ckptsurgery.errors import UsageError  # noqa: E402
-from ckptsurgery.merge_methods import (  # noqa: E402
+from ckptsurgery.errors import UsageError
+from ckptsurgery.merge_methods import (
     MergeMethod,
     apply_method,
     available_methods,
     derive_seed,
     get_method,
 )
-from ckptsurgery.merge_methods.ties import trim  # noqa: E402
+from ckptsurgery.merge_methods.ties import trim
 
 
 def arr(*values: float) -> np.ndarray:
