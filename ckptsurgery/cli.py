@@ -16,10 +16,8 @@ from typing import Sequence
 from . import api
 from .errors import EXIT_DIFFERENT, EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
-from .writer import DEFAULT_MEMORY_BUDGET
 from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
 
-_DEFAULT_WRITE = {"memory_budget": DEFAULT_MEMORY_BUDGET, "workers": 1, "force": False, "verify": False, "durable": True, "progress": None}
 
 class _RuleAction(argparse.Action):
     """Collect rule flags into one ordered list, so rules apply in the order typed."""
@@ -171,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  output: runs/slim/model.ckpt\n  options: {memory_budget: 512MB}\n\n"
                               "  ckptsurgery run slim.yaml --dry-run")
     p.add_argument("recipe", help="YAML recipe file")
-    add_write_options(p)
+    add_write_options(p, only_when_given=True)
     p.set_defaults(func=cmd_run)
 
     for module in _command_modules():
@@ -255,8 +253,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .recipe import run_recipe
 
-    overrides = {k: v for k, v in write_options(args).items() if v != _DEFAULT_WRITE[k]}
-    result, report = run_recipe(args.recipe, dry_run=args.dry_run, overrides=overrides)
+    result, report = run_recipe(args.recipe, dry_run=args.dry_run, overrides=write_options(args))
     if report is not None and not args.json:
         print(report.render())
     if args.json and report is not None:

@@ -24,25 +24,36 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=34, width=100)
 
 
-def add_write_options(p: argparse.ArgumentParser) -> None:
+def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = False) -> None:
+    """The writing flags.  ``only_when_given`` (``run``): a flag left out sets nothing, so the
+    recipe's own ``options`` apply unless the command line overrides them."""
     g = p.add_argument_group("writing")
-    g.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
+
+    def default(value):
+        return argparse.SUPPRESS if only_when_given else value
+
+    g.add_argument("--memory-budget", default=default(DEFAULT_MEMORY_BUDGET), metavar="SIZE",
                    help=f"bytes of tensors held per shard group, e.g. 512MB or 2GiB (default {DEFAULT_MEMORY_BUDGET}); "
                         "peak memory is about (workers+1) x this plus the largest tensor")
-    g.add_argument("--workers", type=int, default=1, metavar="N", help="shard groups saved in parallel (default 1)")
-    g.add_argument("--force", action="store_true", help="replace an existing checkpoint at the destination")
-    g.add_argument("--verify", action="store_true", help="re-read every written value and compare before publishing")
-    g.add_argument("--no-fsync", dest="durable", action="store_false",
+    g.add_argument("--workers", type=int, default=default(1), metavar="N", help="shard groups saved in parallel (default 1)")
+    g.add_argument("--force", action="store_true", default=default(False),
+                   help="replace an existing checkpoint at the destination")
+    g.add_argument("--verify", action="store_true", default=default(False),
+                   help="re-read every written value and compare before publishing")
+    g.add_argument("--no-fsync", dest="durable", action="store_false", default=default(True),
                    help="skip fsync before publishing (faster; unsafe on power loss)")
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=default(None),
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
     g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
 
 
+WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "durable", "progress")
+
+
 def write_options(args: argparse.Namespace) -> dict:
-    return {"memory_budget": args.memory_budget, "workers": args.workers, "force": args.force,
-            "verify": args.verify, "durable": args.durable, "progress": args.progress}
+    """The writing flags as API keyword arguments (only those set, for ``run``)."""
+    return {name: getattr(args, name) for name in WRITE_OPTIONS if hasattr(args, name)}
 
 
 def emit_write(result, args: argparse.Namespace) -> int:
