@@ -120,3 +120,79 @@ def checkpoint_keys(graph_bytes: bytes) -> set[str]:
     graph = pb.TrackableObjectGraph()
     graph.ParseFromString(graph_bytes)
     return {a.checkpoint_key for node in graph.nodes for a in node.attributes}
+
+
+# -- Optimizer slot links (which variable each slot belongs to) --------------------------
+_KERAS_LIST_ROOTS = ("_variables", "_trainable_variables")
+
+
+def _variable_key(node) -> str | None:
+    """The checkpoint key of a variable node's value, or None for a node that holds no tensor."""
+    for attribute in node.attributes:
+        if attribute.name == "VARIABLE_VALUE":
+            return attribute.checkpoint_key
+    return node.attributes[0].checkpoint_key if len(node.attributes) == 1 else None
+
+
+def _list_elements(graph, node) -> list[str | None] | None:
+    """Keys of a tracked list's elements in order (``0``, ``1``...), or None when ``node`` is no list."""
+    if not node.children or not all(c.local_name.isdigit() for c in node.children):
+        return None
+    by_index = {int(c.local_name): _variable_key(graph.nodes[c.node_id])
+                for c in node.children if c.node_id < len(graph.nodes)}
+    return [by_index.get(i) for i in range(max(by_index) + 1)] if by_index else None
+
+
+def graph_slot_links(graph_bytes: bytes) -> dict[str, str]:
+    """``slot key -> variable key`` from the graph's ``slot_variables`` entries.
+
+    TF2 ``tf.train``/``tf.keras`` (OptimizerV2, tf_keras's ``optimizers.legacy``)
+    optimizers record each slot as ``(original_variable_node_id,
+    slot_variable_node_id)`` on the optimizer's node: an exact link.
+    """
+    pb = _proto()
+    graph = pb.TrackableObjectGraph()
+    graph.ParseFromString(graph_bytes)
+    links: dict[str, str] = {}
+    for node in graph.nodes:
+        for slot in node.slot_variables:
+            if max(slot.original_variable_node_id, slot.slot_variable_node_id) >= len(graph.nodes):
+                continue
+            variable = _variable_key(graph.nodes[slot.original_variable_node_id])
+            value = _variable_key(graph.nodes[slot.slot_variable_node_id])
+            if variable and value:
+                links[value] = variable
+    return links
+
+
+def keras_slot_lists(graph_bytes: bytes) -> list[tuple[list[str | None] | None, list[list[str | None]]]]:
+    """Per Keras optimizer: its ``_trainable_variables`` keys (None if absent) and its per-variable slot lists.
+
+    Keras 3 and tf_keras's current optimizers write no ``slot_variables``
+    links.  Their node has tracked lists as children: ``_variables`` (every
+    optimizer variable, counters included), ``_trainable_variables`` (Keras 3
+    only: the model's variables in the order the optimizer was built with)
+    and one list per kind of slot (``_momentums``, ``_velocities``,
+    ``_accumulators``...), whose element *i* belongs to trainable variable *i*.
+    Lists of keys are returned in element order.
+    """
+    pb = _proto()
+    graph = pb.TrackableObjectGraph()
+    graph.ParseFromString(graph_bytes)
+    found = []
+    for node in graph.nodes:
+        children = {c.local_name: c.node_id for c in node.children if c.node_id < len(graph.nodes)}
+        if "_variables" not in children or _list_elements(graph, graph.nodes[children["_variables"]]) is None:
+            continue
+        trainable = None
+        if "_trainable_variables" in children:
+            trainable = _list_elements(graph, graph.nodes[children["_trainable_variables"]])
+        slot_lists = []
+        for name, node_id in children.items():
+            if name in _KERAS_LIST_ROOTS:
+                continue
+            elements = _list_elements(graph, graph.nodes[node_id])
+            if elements is not None:
+                slot_lists.append(elements)
+        found.append((trainable, slot_lists))
+    return found

@@ -16,7 +16,9 @@ from typing import Any
 
 from .dtypes import itemsize
 from .errors import PlanError
-from .rules import Draft, Rule, merge_adjacent_keeps
+from .errors import RuleError
+from .optimizer_state import SlotTies, tie_slots
+from .rules import Cast, Draft, Resize, Rule, merge_adjacent_keeps
 from .sizes import format_size
 from .source import OBJECT_GRAPH_KEY, Checkpoint
 from .transforms import Step
@@ -47,9 +49,10 @@ class OutputEntry:
     steps: tuple[Step, ...] = ()
     method: str | None = None
     method_params: dict[str, Any] = field(default_factory=dict, hash=False)
+    note: str = ""  # why this entry changed beyond its own rules, e.g. "slot of dense/kernel"
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "from": [{"source": r.source, "name": r.name} for r in self.inputs],
             "dtype": self.dtype,
@@ -60,6 +63,9 @@ class OutputEntry:
             "method": self.method,
             "method_params": {k: v for k, v in self.method_params.items() if k != "base_input"} or None,
         }
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class Plan:
             infos = [self.sources[r.source].info(r.name) for r in e.inputs]
             if infos and (infos[0].dtype != e.dtype or infos[0].shape != e.shape):
                 change += f"  [{infos[0].dtype}{list(infos[0].shape)} -> {e.dtype}{list(e.shape)}]"
+            if e.note:
+                change += f"  ({e.note})"
             lines.append(f"  {e.name}  {e.dtype}{list(e.shape)}  {format_size(e.nbytes_out)}{change}")
         for ref in self.dropped:
             lines.append(f"- {ref.name if single_source else f'{ref.source}:{ref.name}'}  (dropped)")
@@ -146,6 +154,13 @@ def drafts_of(ckpt: Checkpoint, alias: str) -> list[Draft]:
     return [Draft(alias, t.name, t.name, t.dtype, t.shape) for t in ckpt if t.name != OBJECT_GRAPH_KEY]
 
 
+def mark_slots(drafts: list[Draft], ties: SlotTies) -> None:
+    """Tell each draft which variable it is a slot of, so a cast or resize of the variable carries it along."""
+    for draft in drafts:
+        draft.slot_of = ties.tied.get(draft.source_name)
+        draft.loose_slot = draft.source_name in ties.loose
+
+
 def entry_from_draft(draft: Draft, ckpt: Checkpoint) -> OutputEntry:
     info = ckpt.info(draft.source_name)
     return OutputEntry(
@@ -156,6 +171,7 @@ def entry_from_draft(draft: Draft, ckpt: Checkpoint) -> OutputEntry:
         nbytes_in=info.nbytes,
         nbytes_out=out_nbytes(draft.dtype, draft.shape, info.nbytes),
         steps=tuple(draft.steps),
+        note=draft.note,
     )
 
 
@@ -179,8 +195,14 @@ def plan_edit(ckpt: Checkpoint, rules: list[Rule], alias: str = "src") -> Plan:
     With no rules this is the plan of a plain copy.
     """
     drafts = drafts_of(ckpt, alias)
-    for rule in merge_adjacent_keeps(list(rules)):
+    rules = merge_adjacent_keeps(list(rules))
+    if any(isinstance(rule, (Cast, Resize)) for rule in rules):
+        mark_slots(drafts, tie_slots(ckpt))
+    for rule in rules:
         drafts = rule.apply(drafts)
+    for draft in drafts:
+        if draft.pending_error:
+            raise RuleError(draft.pending_error)
     check_unique_outputs(drafts)
     if not drafts:
         raise PlanError("the rules leave no tensor to write")

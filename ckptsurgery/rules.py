@@ -29,6 +29,33 @@ class Draft:
     dtype: str
     shape: tuple[int, ...]
     steps: list[Step] = field(default_factory=list)
+    slot_of: str | None = None  # source name of the variable this optimizer slot belongs to
+    loose_slot: bool = False  # optimizer slot whose variable the checkpoint does not identify
+    note: str = ""  # shown by --dry-run, e.g. "slot of dense/kernel"
+    pending_error: str | None = None  # raised at the end of planning unless a later rule drops this draft
+
+
+def _follow_note(slot: Draft, variable: Draft) -> None:
+    slot.note = f"slot of {variable.name}"
+
+
+def _flag_loose_slots(rule: str, drafts: list[Draft], changed: list[tuple[Draft, str, tuple[int, ...]]],
+                      touched: set[int]) -> None:
+    """Mark loose slots that may belong to a changed variable (same old dtype and shape).
+
+    Their variable is unknown, so following it would be a guess; leaving them
+    unchanged gives a checkpoint that loads and then fails (or silently
+    misbehaves) at the first training step.  The error is raised after all
+    rules ran, so ``--drop-optimizer`` before or after this rule clears it.
+    """
+    before = {(dtype, shape): variable for variable, dtype, shape in changed}
+    for draft in drafts:
+        if draft.loose_slot and id(draft) not in touched and (draft.dtype, draft.shape) in before:
+            variable = before[(draft.dtype, draft.shape)]
+            draft.pending_error = (
+                f"{rule}: optimizer slot {draft.name!r} cannot be tied to its variable (the checkpoint does not "
+                f"record it), so it cannot follow {variable.name!r}; add --drop-optimizer to drop optimizer state"
+            )
 
 
 def _compile(pattern: str, rule: str) -> re.Pattern[str]:
@@ -164,15 +191,31 @@ class Cast(Rule):
         return f"--cast {self.from_dtype}:{self.to_dtype}" + (f" {self.pattern!r}" if self.pattern else "")
 
     def apply(self, drafts: list[Draft]) -> list[Draft]:
-        matched = 0
+        changed: list[tuple[Draft, str, tuple[int, ...]]] = []
         for draft in drafts:
             if draft.dtype == self.from_dtype and (self._regex is None or self._regex.search(draft.name)):
-                matched += 1
+                changed.append((draft, draft.dtype, draft.shape))
                 draft.dtype = self.to_dtype
                 draft.steps.append(Step("cast", {"to": self.to_dtype}))
-        if not matched:
+        if not changed:
             raise RuleError(f"{self.describe()} matches no {self.from_dtype} tensor")
+        self._cast_slots(drafts, changed)
         return drafts
+
+    def _cast_slots(self, drafts: list[Draft], changed: list[tuple[Draft, str, tuple[int, ...]]]) -> None:
+        """Optimizer slots follow their variable: TF restores a slot only into its variable's dtype."""
+        touched = {id(d) for d, _, _ in changed}
+        variables = {d.source_name: d for d, _, _ in changed}
+        for draft in drafts:
+            variable = variables.get(draft.slot_of) if draft.slot_of else None
+            if variable is None or id(draft) in touched:
+                continue
+            touched.add(id(draft))
+            _follow_note(draft, variable)
+            if draft.dtype != self.to_dtype:
+                draft.dtype = self.to_dtype
+                draft.steps.append(Step("cast", {"to": self.to_dtype}))
+        _flag_loose_slots(self.describe(), drafts, changed, touched)
 
 
 def parse_shape(text: str, rule: str) -> tuple[int | None, ...]:
@@ -208,23 +251,56 @@ class Resize(Rule):
         return f"--resize {self.pattern!r} {self.shape}" + (f" {self.init}" if self.init != "zeros" else "")
 
     def apply(self, drafts: list[Draft]) -> list[Draft]:
-        matched = 0
-        for draft in drafts:
-            if not self._regex.search(draft.name):
+        hits = [d for d in drafts if self._regex.search(d.name)]
+        hit_sources = {d.source_name for d in hits}
+        # A slot of a resized variable is resized with it (below, zero-filled), even if the pattern finds it too.
+        followers = [d for d in drafts if d.slot_of is not None and d.slot_of in hit_sources]
+        follower_ids = {id(d) for d in followers}
+        changed: list[tuple[Draft, str, tuple[int, ...]]] = []
+        for draft in hits:
+            if id(draft) in follower_ids:
                 continue
-            matched += 1
             if len(self._dims) != len(draft.shape):
                 raise RuleError(f"{self.describe()}: {draft.name!r} has rank {len(draft.shape)} "
                                 f"(shape {list(draft.shape)}), the new shape has rank {len(self._dims)}")
             if draft.dtype == "string" and self.init != "zeros":
                 raise RuleError(f"{self.describe()}: string tensor {draft.name!r} can only be padded with empty strings")
             new_shape = tuple(old if new is None else new for old, new in zip(draft.shape, self._dims))
+            changed.append((draft, draft.dtype, draft.shape))
             if new_shape != draft.shape:
                 draft.steps.append(Step("resize", {"shape": new_shape, "init": self.init, "seed": self.seed}))
                 draft.shape = new_shape
-        if not matched:
+        if not hits:
             raise _no_match(self.describe(), self.pattern, drafts)
+        self._resize_slots(drafts, followers, changed)
         return drafts
+
+    def _resize_slots(self, drafts: list[Draft], followers: list[Draft],
+                      changed: list[tuple[Draft, str, tuple[int, ...]]]) -> None:
+        """Resize each slot like its variable; new rows of moments and accumulators are zeros."""
+        variables = {d.source_name: (d, shape) for d, _, shape in changed}
+        pending = list(followers)
+        while pending:  # a slot's own slot (an average of a moment) follows once the moment is done
+            ready = [s for s in pending if s.slot_of in variables]
+            if not ready:
+                break
+            pending = [s for s in pending if s.slot_of not in variables]
+            for slot in ready:
+                old_shape = slot.shape
+                self._resize_slot(slot, *variables[slot.slot_of])
+                variables[slot.source_name] = (slot, old_shape)
+        _flag_loose_slots(self.describe(), drafts, changed, {id(d) for d in followers} | {id(d) for d, _, _ in changed})
+
+    def _resize_slot(self, slot: Draft, variable: Draft, old_shape: tuple[int, ...]) -> None:
+        """Give ``slot`` its variable's new shape: slice, or pad with zeros (fresh moments are zero)."""
+        _follow_note(slot, variable)
+        if slot.shape != old_shape:
+            slot.pending_error = (f"{self.describe()}: optimizer slot {slot.name!r} has shape {list(slot.shape)}, "
+                                  f"its variable {variable.name!r} {list(old_shape)}: cannot resize it along; "
+                                  "add --drop-optimizer to drop optimizer state")
+        elif variable.shape != slot.shape:
+            slot.steps.append(Step("resize", {"shape": variable.shape, "init": "zeros", "seed": self.seed}))
+            slot.shape = variable.shape
 
 
 def merge_adjacent_keeps(rules: list[Rule]) -> list[Rule]:
