@@ -63,10 +63,12 @@ def _add_rule_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drop-optimizer", nargs=0, action=_RuleAction, make_rule=lambda v: DropOptimizer(),
                    help="drop optimizer slots and counters (TF1 /Adam, /Momentum, beta1_power...; TF2 .OPTIMIZER_SLOT, optimizer/...)")
     g.add_argument("--cast", nargs="+", metavar="FROM:TO [PATTERN]", action=_RuleAction, make_rule=_cast_rule,
-                   help="cast tensors of dtype FROM to TO, e.g. float32:bfloat16, optionally only names matching PATTERN")
+                   help="cast tensors of dtype FROM to TO, e.g. float32:bfloat16, optionally only names matching PATTERN; "
+                        "their optimizer slots are cast with them")
     g.add_argument("--resize", nargs="+", metavar="PATTERN SHAPE [INIT]", action=_RuleAction, make_rule=_resize_rule,
                    help="slice or pad to SHAPE (e.g. 30600,768; * keeps a size); INIT fills new cells: "
-                        "zeros (default), normal:STD, uniform:LIMIT, mean")
+                        "zeros (default), normal:STD, uniform:LIMIT, mean; optimizer slots are resized with "
+                        "their variable, new rows of moments being zeros")
 
 
 def build_parser() -> argparse.ArgumentParser:
