@@ -94,8 +94,10 @@ def tie_slots(ckpt) -> SlotTies:
     ties = SlotTies()
     for name in names:
         match = _TF1_SLOT.search(name)
-        if match and "/.ATTRIBUTES/" not in name and name[:match.start()] in names:
-            ties.tied[name] = name[:match.start()]
+        if match and "/.ATTRIBUTES/" not in name:
+            variable = _tf1_variable_of(ckpt, names, name, name[:match.start()])
+            if variable:
+                ties.tied[name] = variable
     graph_bytes = ckpt.read_object_graph() if OBJECT_GRAPH_KEY in ckpt else None
     if graph_bytes:
         ties.tied.update({s: v for s, v in graph_slot_links(graph_bytes).items() if s in names and v in names})
@@ -105,6 +107,25 @@ def tie_slots(ckpt) -> SlotTies:
         if name not in ties.tied and is_optimizer_state(name) and ckpt.info(name).shape != ():
             ties.loose.add(name)
     return ties
+
+
+def _tf1_variable_of(ckpt, names: set[str], slot: str, base: str) -> str | None:
+    """The variable of TF1 slot ``slot`` (``base`` + ``/Adam``...), or None.
+
+    A slot is ``<var>/Adam``, or ``<scope>/<var>/Adam`` when ``minimize`` ran
+    inside a name scope (``training/``, ``OptimizeLoss/``, ``train_op/``).
+    A scoped slot is tied only when exactly one such ``<var>`` exists and
+    has the slot's shape and dtype.
+    """
+    if base in names:
+        return base
+    parts = base.split("/")
+    candidates = ["/".join(parts[i:]) for i in range(1, len(parts))]
+    found = [c for c in candidates if c in names and not is_optimizer_state(c)]
+    if len(found) != 1:
+        return None
+    mine, theirs = ckpt.info(slot), ckpt.info(found[0])
+    return found[0] if (mine.dtype, tuple(mine.shape)) == (theirs.dtype, tuple(theirs.shape)) else None
 
 
 def _tie_keras_lists(ckpt, names: set[str], trainable, slot_lists, tied: dict[str, str]) -> None:

@@ -118,21 +118,27 @@ def test_keras3_slots_follow_trainable_variables(tmp_path: Path, cli) -> None:
 
 
 # -- TF1: Saver with AdamOptimizer -----------------------------------------------------
-def _tf1_graph(vocab: int, out_width: int):
-    """Embedding [vocab, 3] -> dense [3, out_width], Adam; returns (train op, variables by name)."""
+def _tf1_graph(vocab: int, out_width: int, scope: str):
+    """Embedding [vocab, 3] -> dense [3, out_width], Adam; returns (train op, variables by name).
+
+    With a ``scope``, ``minimize`` runs inside it and the slots are named
+    ``<scope>/embed/table/Adam`` (as tensor2tensor's ``training/...``).
+    """
     v1 = tf.compat.v1
     rng = np.random.default_rng(7)
     table = v1.get_variable("embed/table", initializer=rng.normal(size=(vocab, 3)).astype(np.float32))
     kernel = v1.get_variable("dense/kernel", initializer=rng.normal(size=(3, out_width)).astype(np.float32))
     rows = tf.nn.embedding_lookup(table, tf.constant([0, 2, vocab - 1]))
     loss = tf.reduce_sum(tf.square(tf.matmul(rows, kernel)))
-    train = v1.train.AdamOptimizer(0.1).minimize(loss)
-    return train, {v.op.name: v for v in v1.global_variables()}
+    with v1.variable_scope(scope or v1.get_variable_scope()):
+        train = v1.train.AdamOptimizer(0.1).minimize(loss)
+    return train, {v.op.name.removeprefix(f"{scope}/"): v for v in v1.global_variables()}
 
 
-def test_tf1_adam_resize_resizes_slots_with_zero_rows(tmp_path: Path, cli) -> None:
+@pytest.mark.parametrize("scope", ["", "training"], ids=["beside-variable", "under-scope"])
+def test_tf1_adam_resize_resizes_slots_with_zero_rows(tmp_path: Path, cli, scope: str) -> None:
     with tf.Graph().as_default():
-        train, variables = _tf1_graph(vocab=10, out_width=2)
+        train, variables = _tf1_graph(vocab=10, out_width=2, scope=scope)
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             sess.run(train)
@@ -146,7 +152,7 @@ def test_tf1_adam_resize_resizes_slots_with_zero_rows(tmp_path: Path, cli) -> No
     assert run.returncode == 0, run.stderr
 
     with tf.Graph().as_default():
-        train, variables = _tf1_graph(vocab=12, out_width=1)
+        train, variables = _tf1_graph(vocab=12, out_width=1, scope=scope)
         with tf.compat.v1.Session() as sess:
             tf.compat.v1.train.Saver().restore(sess, str(tmp_path / "out" / "model.ckpt"))
             after = sess.run(variables)
