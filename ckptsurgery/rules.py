@@ -289,17 +289,23 @@ class Resize(Rule):
                 old_shape = slot.shape
                 self._resize_slot(slot, *variables[slot.slot_of])
                 variables[slot.source_name] = (slot, old_shape)
-        _flag_loose_slots(self.describe(), drafts, changed, {id(d) for d in followers} | {id(d) for d, _, _ in changed})
+        resized = [(d, dtype, shape) for d, dtype, shape in changed if d.shape != shape]
+        _flag_loose_slots(self.describe(), drafts, resized, {id(d) for d in followers} | {id(d) for d, _, _ in changed})
 
     def _resize_slot(self, slot: Draft, variable: Draft, old_shape: tuple[int, ...]) -> None:
-        """Give ``slot`` its variable's new shape: slice, or pad with zeros (fresh moments are zero)."""
+        """Give ``slot`` its variable's new shape: slice, or pad with zeros (fresh moments are zero).
+
+        An exponential moving average of the variable is a copy of weights, not
+        a moment: its new cells take the rule's INIT like the variable's.
+        """
         _follow_note(slot, variable)
         if slot.shape != old_shape:
             slot.pending_error = (f"{self.describe()}: optimizer slot {slot.name!r} has shape {list(slot.shape)}, "
                                   f"its variable {variable.name!r} {list(old_shape)}: cannot resize it along; "
                                   "add --drop-optimizer to drop optimizer state")
         elif variable.shape != slot.shape:
-            slot.steps.append(Step("resize", {"shape": variable.shape, "init": "zeros", "seed": self.seed}))
+            init = self.init if slot.source_name.endswith("/ExponentialMovingAverage") else "zeros"
+            slot.steps.append(Step("resize", {"shape": variable.shape, "init": init, "seed": self.seed}))
             slot.shape = variable.shape
 
 

@@ -175,3 +175,28 @@ def test_tf1_adam_resize_resizes_slots_with_zero_rows(tmp_path: Path, cli, scope
 def test_help_says_slots_follow(cli) -> None:
     text = " ".join(cli("edit", "--help").stdout.split())
     assert "optimizer slots are cast with them" in text and "new rows of moments being zeros" in text
+
+
+# -- Checkpoints written by other people's code, years apart -----------------------------
+def test_real_checkpoints_tie_every_named_slot() -> None:
+    """Every slot of the corpus is tied to a variable of its shape, except Keras-TF1's unnamed ``training/SGD/Variable_N``."""
+    import re
+
+    from conftest import REALCKPT, realckpt_rows
+
+    from ckptsurgery.optimizer_state import tie_slots
+    from ckptsurgery.source import open_checkpoint
+
+    rows = realckpt_rows()
+    if not rows:
+        pytest.skip(f"real checkpoint corpus not present at {REALCKPT}")
+    unnamed = re.compile(r"^training/\w+/Variable(_\d+)?$")
+    tied_total = 0
+    for row in rows:
+        ckpt = open_checkpoint(REALCKPT / row["local_prefix"])
+        ties = tie_slots(ckpt)
+        assert all(unnamed.match(key) for key in ties.loose), (row["short_name"], sorted(ties.loose))
+        for slot, variable in ties.tied.items():
+            assert ckpt.info(slot).shape == ckpt.info(variable).shape, (row["short_name"], slot, variable)
+        tied_total += len(ties.tied)
+    assert tied_total > 100
