@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    make_rule=lambda v: Rename(v[0], v[1]), help="re.sub on OLD's names before matching (repeatable, ordered)")
     p.add_argument("--strict", action="store_true", help="fail on a shape or dtype mismatch instead of keeping NEW's value")
     p.add_argument("--skip-optimizer", action="store_true", help="do not take optimizer state from OLD (keep NEW's)")
+    p.add_argument("--old-step-counters", action="store_true",
+                   help="take step counters (global_step, save_counter, optimizer iterations) from OLD; by default "
+                        "they keep NEW's value: a warm start is a new run, its learning-rate schedule starts over")
     p.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
     add_write_options(p)
     p.set_defaults(func=cmd_transfer, rules=[])
@@ -229,7 +232,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     name_map = load_name_map(args.name_map) if args.name_map else None
     result, report = api.transfer(args.old, args.new, args.dst, rules=args.rules, name_map=name_map,
-                                  strict=args.strict, skip_optimizer=args.skip_optimizer, dry_run=args.dry_run,
+                                  strict=args.strict, skip_optimizer=args.skip_optimizer,
+                                  old_step_counters=args.old_step_counters, dry_run=args.dry_run,
                                   **write_options(args))
     if args.report:
         report.write(args.report)
