@@ -220,10 +220,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.rules:
         raise CkptSurgeryError("edit needs at least one rule (--rename, --keep, --drop, --drop-optimizer, --cast, --resize); "
                                "use 'copy' to copy unchanged")
-    result = api.edit(args.src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
+    from .dropped import dropped_by_name, dropped_by_rule, render_dropped
+    from .source import open_checkpoint
+
+    src = open_checkpoint(args.src)
+    result = api.edit(src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
     if not args.json and not isinstance(result, api.Plan) and result.dropped:
-        print(f"dropped {len(result.dropped)}: " + ", ".join(result.dropped[:20])
-              + (" ..." if len(result.dropped) > 20 else ""))
+        by_rule = dropped_by_rule(src, args.rules)  # index only: replays the rules to say why
+        why = {name: by_rule.get(name) or dropped_by_name([name], ckpt=src)[name] for name in result.dropped}
+        print(render_dropped(why, args.verbose))
     return emit_write(result, args)
 
 

@@ -46,6 +46,8 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
     g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
+    g.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                   help="list each dropped tensor's name (the summary line counts them by kind)")
 
 
 WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "durable", "progress")
