@@ -16,6 +16,7 @@ from typing import Sequence
 from . import api
 from .errors import EXIT_DIFFERENT, EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .display import display_text
 from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
 
 
@@ -31,7 +32,7 @@ class _RuleAction(argparse.Action):
         try:
             rules.append(self.make_rule(values if isinstance(values, list) else [values] if values is not None else []))
         except CkptSurgeryError as exc:
-            parser.exit(exc.exit_code, f"ckptsurgery: error: {exc}\n")
+            parser.exit(exc.exit_code, f"ckptsurgery: error: {display_text(exc)}\n")
         namespace.rules = rules
 
 
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CkptSurgeryError as exc:
         if args.debug:
             raise
-        print(f"ckptsurgery: error: {exc}", file=sys.stderr)
+        print(f"ckptsurgery: error: {display_text(exc)}", file=sys.stderr)  # names are input: escape controls
         return exc.exit_code
     except KeyboardInterrupt:
         print("ckptsurgery: interrupted; nothing was published", file=sys.stderr)
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        print(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        print(display_text(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}"), file=sys.stderr)
         return EXIT_IO
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .display import display_name
 from .errors import EXIT_OK
 from .sizes import format_size
 from .plan import Plan
@@ -66,7 +67,7 @@ def emit_write(result, args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
     else:
         dropped = f", {len(result.dropped)} dropped" if result.dropped else ""
-        print(f"wrote {result.prefix}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
+        print(f"wrote {display_name(result.prefix)}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
     return EXIT_OK
 
 
