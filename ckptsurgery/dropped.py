@@ -83,4 +83,4 @@ def render_dropped(why: dict[str, str], verbose: bool, verb: str = "dropped") ->
     line = summary_line(why, verb)
     if not verbose:
         return f"{line} (names: --verbose or --json)"
-    return "\n".join([line] + [f"  {display_name(name)}  ({display_name(kind)})" for name, kind in why.items()])
+    return "\n".join([line] + [f"  {display_name(name)}  ({display_name(_singular(kind))})" for name, kind in why.items()])

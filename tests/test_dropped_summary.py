@@ -29,7 +29,7 @@ def test_edit_counts_step_counters_apart_and_verbose_lists_names(keras_ckpt, tmp
     lines = run.stdout.splitlines()
     assert lines[0] == f"dropped {len(optimizer_names) + 1} tensors: {len(optimizer_names)} optimizer state, 1 step counter"
     listed = dict(line.strip().rsplit("  ", 1) for line in lines[1:-1])
-    assert listed.pop("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == "(step counters)"
+    assert listed.pop("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == "(step counter)"
     assert set(listed) == set(optimizer_names) and set(listed.values()) == {"(optimizer state)"}
 
 
@@ -47,3 +47,16 @@ def test_summary_line_words():
     why = {f"v{i}/Adam": "optimizer state" for i in range(1200)}
     why.update({"Adam/iterations": "step counters", "x": "matched --drop 'x'"})
     assert summary_line(why) == "dropped 1,202 tensors: 1,200 optimizer state, 1 step counter, 1 matched --drop 'x'"
+
+
+def test_left_out_line_for_average_and_merge_guesses_kind_from_names():
+    from ckptsurgery.dropped import dropped_by_name, render_dropped
+
+    names = ["dense/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE",
+             "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE", "extra/w/.ATTRIBUTES/VARIABLE_VALUE", "bad\nname"]
+    text = render_dropped(dropped_by_name(names, other="not in every input"), verbose=False, verb="left out")
+    assert text == ("left out 4 tensors: 2 not in every input, 1 optimizer state, 1 step counter "
+                    "(names: --verbose or --json)")
+    listed = render_dropped(dropped_by_name(names), verbose=True, verb="left out").splitlines()
+    assert listed[1:] == [f"  {names[0]}  (optimizer state)", f"  {names[1]}  (step counter)",
+                          f"  {names[2]}  (other)", "  bad\\nname  (other)"]
