@@ -62,7 +62,7 @@ def edit(
 def transfer(
     old: PathLike, new: Any, dst: str | os.PathLike | None = None, *, rules: Sequence[Rule] = (),
     name_map: dict[str, str] | None = None, strict: bool = False, skip_optimizer: bool = False,
-    dry_run: bool = False, **options,
+    old_step_counters: bool = False, dry_run: bool = False, **options,
 ):
     """Give the new model OLD's values where names, shapes and dtypes match.
 
@@ -73,6 +73,10 @@ def transfer(
     ``dst`` must be None.  Returns ``(result, report)``: ``result`` is the
     :class:`WriteResult`, the :class:`Plan` (``dry_run``), or None for a live
     target; ``report`` is the :class:`TransferReport`.
+
+    Step counters (``global_step``, ``save_counter``, optimizer iterations)
+    keep NEW's value, since a warm start is a new run;
+    ``old_step_counters=True`` takes OLD's (a resumed schedule).
     """
     from .warmstart import plan_transfer, transfer_into_variables
 
@@ -80,12 +84,12 @@ def transfer(
         if dst is not None:
             raise UsageError("transfer into a live model takes no destination (dst must be None)")
         report = transfer_into_variables(open_checkpoint(old), new, rules=rules, name_map=name_map, strict=strict,
-                                         skip_optimizer=skip_optimizer)
+                                         skip_optimizer=skip_optimizer, old_step_counters=old_step_counters)
         return None, report
     if dst is None:
         raise UsageError("transfer into a checkpoint needs a destination (dst)")
     plan, report = plan_transfer(open_checkpoint(old), open_checkpoint(new), rules=rules, name_map=name_map,
-                                 strict=strict, skip_optimizer=skip_optimizer)
+                                 strict=strict, skip_optimizer=skip_optimizer, old_step_counters=old_step_counters)
     return write_or_plan(plan, dst, dry_run, **options), report
 
 

@@ -16,6 +16,7 @@ from typing import Sequence
 from . import api
 from .errors import EXIT_DIFFERENT, EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .display import display_text
 from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
 
 
@@ -31,7 +32,7 @@ class _RuleAction(argparse.Action):
         try:
             rules.append(self.make_rule(values if isinstance(values, list) else [values] if values is not None else []))
         except CkptSurgeryError as exc:
-            parser.exit(exc.exit_code, f"ckptsurgery: error: {exc}\n")
+            parser.exit(exc.exit_code, f"ckptsurgery: error: {display_text(exc)}\n")
         namespace.rules = rules
 
 
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    make_rule=lambda v: Rename(v[0], v[1]), help="re.sub on OLD's names before matching (repeatable, ordered)")
     p.add_argument("--strict", action="store_true", help="fail on a shape or dtype mismatch instead of keeping NEW's value")
     p.add_argument("--skip-optimizer", action="store_true", help="do not take optimizer state from OLD (keep NEW's)")
+    p.add_argument("--old-step-counters", action="store_true",
+                   help="take step counters (global_step, save_counter, optimizer iterations) from OLD; by default "
+                        "they keep NEW's value: a warm start is a new run, its learning-rate schedule starts over")
     p.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
     add_write_options(p)
     p.set_defaults(func=cmd_transfer, rules=[])
@@ -219,10 +223,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.rules:
         raise CkptSurgeryError("edit needs at least one rule (--rename, --keep, --drop, --drop-optimizer, --cast, --resize); "
                                "use 'copy' to copy unchanged")
-    result = api.edit(args.src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
+    from .dropped import dropped_by_name, dropped_by_rule, render_dropped
+    from .source import open_checkpoint
+
+    src = open_checkpoint(args.src)
+    result = api.edit(src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
     if not args.json and not isinstance(result, api.Plan) and result.dropped:
-        print(f"dropped {len(result.dropped)}: " + ", ".join(result.dropped[:20])
-              + (" ..." if len(result.dropped) > 20 else ""))
+        by_rule = dropped_by_rule(src, args.rules)  # index only: replays the rules to say why
+        why = {name: by_rule.get(name) or dropped_by_name([name], ckpt=src)[name] for name in result.dropped}
+        print(render_dropped(why, args.verbose))
     return emit_write(result, args)
 
 
@@ -231,7 +240,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     name_map = load_name_map(args.name_map) if args.name_map else None
     result, report = api.transfer(args.old, args.new, args.dst, rules=args.rules, name_map=name_map,
-                                  strict=args.strict, skip_optimizer=args.skip_optimizer, dry_run=args.dry_run,
+                                  strict=args.strict, skip_optimizer=args.skip_optimizer,
+                                  old_step_counters=args.old_step_counters, dry_run=args.dry_run,
                                   **write_options(args))
     if args.report:
         report.write(args.report)
@@ -281,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CkptSurgeryError as exc:
         if args.debug:
             raise
-        print(f"ckptsurgery: error: {exc}", file=sys.stderr)
+        print(f"ckptsurgery: error: {display_text(exc)}", file=sys.stderr)  # names are input: escape controls
         return exc.exit_code
     except KeyboardInterrupt:
         print("ckptsurgery: interrupted; nothing was published", file=sys.stderr)
@@ -294,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        print(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        print(display_text(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}"), file=sys.stderr)
         return EXIT_IO
 
 

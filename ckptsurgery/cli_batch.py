@@ -182,12 +182,13 @@ def _sources(items: list[str]) -> dict[str, str]:
     return sources
 
 
-def _print_dropped(result, args: argparse.Namespace) -> None:
+def _print_dropped(result, args: argparse.Namespace, other: str = "other") -> None:
+    """One line counting what was left out by kind; the names with --verbose (and always in --json)."""
+    from .dropped import dropped_by_name, render_dropped
     from .plan import Plan
 
     if not args.json and not isinstance(result, Plan) and result.dropped:
-        print(f"left out {len(result.dropped)}: " + ", ".join(result.dropped[:20])
-              + (" ..." if len(result.dropped) > 20 else ""))
+        print(render_dropped(dropped_by_name(result.dropped, other), getattr(args, "verbose", False), "left out"))
 
 
 def cmd_average(args: argparse.Namespace) -> int:
@@ -208,7 +209,7 @@ def cmd_average(args: argparse.Namespace) -> int:
     result = batch.average(checkpoints, args.out, weights=args.weights, ema=args.ema, int_policy=args.int_policy,
                            keep_optimizer=args.keep_optimizer, intersection=args.intersection,
                            allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run, **write_options(args))
-    _print_dropped(result, args)
+    _print_dropped(result, args, other="not in every input")
     return emit_write(result, args)
 
 

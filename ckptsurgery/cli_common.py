@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .display import display_name
 from .errors import EXIT_OK
 from .sizes import format_size
 from .plan import Plan
@@ -46,6 +47,8 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
     g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
+    g.add_argument("-v", "--verbose", action="store_true", default=default(False),
+                   help="list each dropped tensor's name (the summary line counts them by kind)")
 
 
 WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "durable", "progress")
@@ -64,7 +67,7 @@ def emit_write(result, args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
     else:
         dropped = f", {len(result.dropped)} dropped" if result.dropped else ""
-        print(f"wrote {result.prefix}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
+        print(f"wrote {display_name(result.prefix)}: {result.tensors} tensors, {format_size(result.nbytes)}{dropped}")
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter
+from .display import display_text
 from .errors import EXIT_IO, EXIT_OK
 
 
@@ -58,7 +59,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     error = report.error_line()
     if error is not None:
         sys.stdout.flush()
-        print(f"ckptsurgery: error: {error}", file=sys.stderr)
+        print(f"ckptsurgery: error: {display_text(error)}", file=sys.stderr)
     return report.exit_code
 
 
@@ -69,7 +70,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"folder": args.folder, "actions": [a.to_json() for a in actions]}, indent=2))
     elif actions:
-        print("\n".join(str(a) for a in actions))
+        print("\n".join(display_text(a) for a in actions))
     else:
         print(f"nothing to clean in {args.folder}")
     kept = [a for a in actions if a.action == "kept-previous"]

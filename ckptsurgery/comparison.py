@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .display import display_name
 from .execute import progress_bar
 from .source import Checkpoint, open_checkpoint
 
@@ -63,7 +64,7 @@ class DiffReport:
             f"{len(self.dtype_or_shape)} dtype/shape differences, {len(self.values)} value differences, "
             f"{self.equal} equal"
         )
-        return "\n".join(lines)
+        return "\n".join(display_name(line) for line in lines)  # one line per item: names are input
 
 
 def _value_diff(name: str, x: np.ndarray, y: np.ndarray, atol: float) -> ValueDiff | None:

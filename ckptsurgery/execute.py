@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .display import display_name
 from .dtypes import FLOATING, dtype_name_of_array, numpy_dtype
 from .errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
 from .objectgraph import rewrite_object_graph
@@ -199,7 +200,7 @@ def progress_bar(total: int, enabled: bool | None, desc: str):
 
     if enabled is None:
         enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=desc, disable=not enabled,
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=display_name(desc), disable=not enabled,
                 dynamic_ncols=True, leave=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .display import display_name
 from .sizes import format_size
 from .source import Checkpoint
 
@@ -20,7 +21,7 @@ def summary_json(ckpt: Checkpoint) -> dict:
 
 
 def render_table(ckpt: Checkpoint) -> str:
-    rows = [(t.name, t.dtype, str(list(t.shape)), format_size(t.nbytes)) for t in ckpt]
+    rows = [(display_name(t.name), t.dtype, str(list(t.shape)), format_size(t.nbytes)) for t in ckpt]
     header = ("name", "dtype", "shape", "size")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
@@ -52,11 +53,11 @@ def render_tree(ckpt: Checkpoint, depth: int | None = None) -> str:
     lines = []
     for scope, (nbytes, count) in scope_totals(ckpt, depth).items():
         level = 0 if scope == "/" else scope.count("/")
-        label = scope if scope == "/" else scope.rstrip("/").split("/")[-1] + "/"
+        label = scope if scope == "/" else display_name(scope.rstrip("/").split("/")[-1]) + "/"
         lines.append(f"{'  ' * level}{label:<{max(1, 48 - 2 * level)}} {format_size(nbytes):>10}  {count:>6} tensors")
     lines.append(_totals(ckpt))
     return "\n".join(lines)
 
 
 def _totals(ckpt: Checkpoint) -> str:
-    return f"{len(ckpt)} tensors, {format_size(ckpt.total_bytes)} ({ckpt.kind}) at {ckpt.prefix}"
+    return f"{len(ckpt)} tensors, {format_size(ckpt.total_bytes)} ({ckpt.kind}) at {display_name(ckpt.prefix)}"

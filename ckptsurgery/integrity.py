@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .display import display_name
 from .errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, BadCheckpointError
 from .sizes import format_size
 from .source import Checkpoint, open_checkpoint
@@ -106,7 +107,7 @@ class VerifyReport:
 
     def render(self) -> str:
         """A table, one row per tensor, then one line per problem, then a summary."""
-        rows = [(t.name, t.dtype, str(list(t.shape)) if t.status != ONLY_OTHER else "", format_size(t.nbytes),
+        rows = [(display_name(t.name), t.dtype, str(list(t.shape)) if t.status != ONLY_OTHER else "", format_size(t.nbytes),
                  t.status) for t in self.tensors]
         header = ("name", "dtype", "shape", "size", "status")
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
@@ -118,7 +119,7 @@ class VerifyReport:
             if t.status != OK:
                 lines.append(f"{t.status.upper()}: {t.name}: {t.detail}")
         lines.append(self.summary())
-        return "\n".join(lines)
+        return "\n".join(display_name(line) for line in lines)  # one line per item: names are input
 
     def error_line(self) -> str | None:
         """One line for stderr naming what is wrong, or None when all is well."""

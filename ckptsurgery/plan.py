@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .display import display_name
 from .dtypes import itemsize
 from .errors import PlanError
 from .errors import RuleError
@@ -141,7 +142,7 @@ class Plan:
             f"plan: {len(self.entries)} tensors out, {len(self.dropped)} dropped; "
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
         )
-        return "\n".join(lines)
+        return "\n".join(display_name(line) for line in lines)  # one line per entry: names are input
 
 
 def out_nbytes(dtype: str, shape: tuple[int, ...], nbytes_in: int) -> int:

@@ -132,8 +132,8 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
         return api.edit(resolve(section["source"]), output, rules, dry_run=dry_run, **options), None
 
     if action == "transfer":
-        section = _check_keys(where, section, {"from", "into", "rename", "map", "strict", "skip_optimizer", "report"},
-                              {"from", "into"})
+        section = _check_keys(where, section, {"from", "into", "rename", "map", "strict", "skip_optimizer", "report",
+                                               "old_step_counters"}, {"from", "into"})
         renames = [Rename(*_pair(f"{where}.rename[{i}]", r, ("pattern", "replacement")))
                    for i, r in enumerate(section.get("rename") or [])]
         name_map = section.get("map")
@@ -146,6 +146,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
         result, report = api.transfer(resolve(section["from"]), resolve(section["into"]), output, rules=renames,
                                       name_map=name_map, strict=bool(section.get("strict", False)),
                                       skip_optimizer=bool(section.get("skip_optimizer", False)),
+                                      old_step_counters=bool(section.get("old_step_counters", False)),
                                       dry_run=dry_run, **options)
         if section.get("report") and not dry_run:
             report.write(resolve(section["report"]))

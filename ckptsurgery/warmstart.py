@@ -9,6 +9,13 @@ OLD's names, or an explicit map) and shape and dtype agree.  Everything
 else keeps NEW's initial value.  The report says which is which, so the
 training script can freeze exactly the transferred variables.
 
+A warm start is a new training run, so step counters (``global_step``,
+``save_counter``, optimizer iterations; see :mod:`step_counters`) keep NEW's
+value unless ``old_step_counters`` asks for OLD's: an old step of 1,000,000
+would put the new run's learning-rate schedule at its end.  Model state
+that is not trained but belongs to the model (batch-norm moving statistics,
+embedding tables) transfers like any weight.
+
 No graph is imported and no session runs: this replaces the usual
 ``import_meta_graph`` + ``Session.restore`` + ``tf.assign`` + ``Saver.save``
 recipe, which needs the old graph and holds the model in memory many times.
@@ -21,11 +28,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from .display import display_name
 from .errors import PlanError, RuleError, UsageError
 from .optimizer_state import is_optimizer_state
 from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, drafts_of, out_nbytes
 from .rules import Draft, Rule, merge_adjacent_keeps
 from .source import OBJECT_GRAPH_KEY, Checkpoint
+from .step_counters import is_step_counter
 
 
 @dataclass
@@ -44,12 +53,16 @@ class TransferReport:
 
     ``transferred`` maps each output (NEW) name to the OLD name its value came
     from; a training script freezes exactly these (see README).
+    ``step_counters`` maps each NEW step counter to where its value came
+    from, ``"new"`` (the default: a warm start is a new run) or ``"old"``;
+    those from new are also in ``kept_from_new``.
     """
 
     transferred: dict[str, str] = field(default_factory=dict)
     kept_from_new: list[str] = field(default_factory=list)
     unused_from_old: list[str] = field(default_factory=list)
     mismatched: list[Mismatch] = field(default_factory=list)
+    step_counters: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +70,7 @@ class TransferReport:
             "kept_from_new": self.kept_from_new,
             "unused_from_old": self.unused_from_old,
             "mismatched": [asdict(m) for m in self.mismatched],
+            "step_counters": [{"name": k, "from": v} for k, v in self.step_counters.items()],
             "counts": {
                 "transferred": len(self.transferred), "kept_from_new": len(self.kept_from_new),
                 "unused_from_old": len(self.unused_from_old), "mismatched": len(self.mismatched),
@@ -72,12 +86,17 @@ class TransferReport:
         lines = [f"transferred {len(self.transferred)}, kept from new {len(self.kept_from_new)}, "
                  f"unused from old {len(self.unused_from_old)}, shape/dtype mismatches {len(self.mismatched)}"]
         for m in self.mismatched:
-            lines.append(f"  mismatch {m.name}: old {m.old_name} {m.old_dtype}{m.old_shape} "
+            lines.append(f"  mismatch {display_name(m.name)}: old {display_name(m.old_name)} {m.old_dtype}{m.old_shape} "
                          f"vs new {m.new_dtype}{m.new_shape} (kept new)")
         for name in self.kept_from_new:
-            lines.append(f"  kept from new: {name}")
+            note = " (step counter: a warm start is a new run; --old-step-counters takes OLD's)" \
+                if self.step_counters.get(name) == "new" else ""
+            lines.append(f"  kept from new: {display_name(name)}{note}")
+        for name, origin in self.step_counters.items():
+            if origin == "old":
+                lines.append(f"  step counter from old: {display_name(name)} (--old-step-counters)")
         for name in self.unused_from_old:
-            lines.append(f"  unused from old: {name}")
+            lines.append(f"  unused from old: {display_name(name)}")
         return "\n".join(lines)
 
 
@@ -123,21 +142,30 @@ def old_names_as_new(
 class _Matcher:
     """Decides, name by name, whether a new variable takes OLD's value; builds the report."""
 
-    def __init__(self, old: Checkpoint, candidates: dict[str, str], strict: bool):
+    def __init__(self, old: Checkpoint, candidates: dict[str, str], strict: bool, old_step_counters: bool = False):
         self.old, self.candidates, self.strict = old, candidates, strict
+        self.old_step_counters = old_step_counters
         self.report = TransferReport()
         self.used: set[str] = set()
 
     def match(self, name: str, shape: tuple[int, ...], dtype: str) -> str | None:
         """The OLD name to take ``name``'s value from, or None to keep NEW's value."""
         old_name = self.candidates.get(name)
+        info = self.old.info(old_name) if old_name is not None else None
+        counter = is_step_counter(name, dtype, shape) or (
+            info is not None and is_step_counter(old_name, info.dtype, info.shape))
+        if counter and not (self.old_step_counters and old_name is not None):
+            self.report.step_counters[name] = "new"  # a warm start is a new run: OLD's count stays unused
+            self.report.kept_from_new.append(name)
+            return None
         if old_name is None:
             self.report.kept_from_new.append(name)
             return None
         self.used.add(old_name)
-        info = self.old.info(old_name)
         if info.shape == shape and info.dtype == dtype:
             self.report.transferred[name] = old_name
+            if counter:
+                self.report.step_counters[name] = "old"
             return old_name
         if self.strict:
             raise PlanError(f"--strict: {name!r} is {dtype}{list(shape)} in the new model but "
@@ -159,15 +187,17 @@ def plan_transfer(
     name_map: Mapping[str, str] | None = None,
     strict: bool = False,
     skip_optimizer: bool = False,
+    old_step_counters: bool = False,
 ) -> tuple[Plan, TransferReport]:
     """Plan the output (NEW's variable set, OLD's values where they fit) and its report.
 
     ``rules`` (usually :class:`Rename`) act on OLD's names; ``name_map`` maps
     old names to new names first.  A shape or dtype mismatch keeps NEW's
     value and is reported, or raises :class:`PlanError` when ``strict``.
+    Step counters keep NEW's value unless ``old_step_counters``.
     No tensor data is read.
     """
-    matcher = _Matcher(old, old_names_as_new(old, rules, name_map, skip_optimizer), strict)
+    matcher = _Matcher(old, old_names_as_new(old, rules, name_map, skip_optimizer), strict, old_step_counters)
     entries: list[OutputEntry] = []
     for info in new:
         if info.name == OBJECT_GRAPH_KEY:
@@ -206,6 +236,7 @@ def transfer_into_variables(
     name_map: Mapping[str, str] | None = None,
     strict: bool = False,
     skip_optimizer: bool = False,
+    old_step_counters: bool = False,
     key: Any = None,
 ) -> TransferReport:
     """Assign OLD's values into live ``tf.Variable``s, one variable at a time.
@@ -214,14 +245,15 @@ def transfer_into_variables(
     a Keras model), whose variables are named by the keys TF2 would save them
     under (:func:`variables_by_key`), or a list of variables, named by
     :func:`variable_key` (``v.path`` or ``v.name``); ``key`` overrides either.
-    Memory: one tensor at a time.
+    Step counters (``global_step``, optimizer iterations) keep their value
+    unless ``old_step_counters``.  Memory: one tensor at a time.
     """
     if key is None and not isinstance(target, (list, tuple)):
         named = list(variables_by_key(target).items())  # a trackable: name variables the way TF saves them
     else:
         variables: Iterable[Any] = target.variables if hasattr(target, "variables") else target
         named = [((key or variable_key)(v), v) for v in variables]
-    matcher = _Matcher(old, old_names_as_new(old, rules, name_map, skip_optimizer), strict)
+    matcher = _Matcher(old, old_names_as_new(old, rules, name_map, skip_optimizer), strict, old_step_counters)
     for name, variable in named:
         old_name = matcher.match(name, tuple(int(d) for d in variable.shape), _dtype_name(variable.dtype))
         if old_name is not None:
