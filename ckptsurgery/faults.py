@@ -9,8 +9,10 @@ the ``OSError(ENOSPC)`` a full disk would, or, for ``pause@POINT``, sleeps
 ``CKPTSURGERY_FAULT_PAUSE`` seconds (default 3; to make two runs overlap).  Tests use it to prove that no
 instant of a run can leave a half-written checkpoint at the destination.
 
-Points: ``group-saved``, ``before-merge``, ``after-merge``,
-``publish-old-moved``, ``publish-data-moved``, ``after-publish``.
+Points: ``destination-checked`` (the destination was judged, before the
+lock is taken), ``group-saved``, ``before-merge``, ``after-merge``,
+``publish-old-moved``, ``publish-data-moved``, ``state-file-written`` (the
+temp state file is written, not yet renamed), ``after-publish``.
 """
 
 from __future__ import annotations
