@@ -319,28 +319,34 @@ def publish(staging: Staging, *, durable: bool = True, replace: bool = False) ->
         # wrong latest checkpoint and a CheckpointManager the wrong history: undo instead.
         undone = _unpublish(staging)
         why = "disk full (no space left on device)" if is_disk_full(exc) else (exc.strerror or str(exc))
-        if undone:
-            raise OutputError(f"{dest}: updating the folder's 'checkpoint' state file failed: {why}; "
-                              f"the publish was undone, nothing was published") from None
-        raise OutputError(f"{dest}: updating the folder's 'checkpoint' state file failed: {why}, and undoing the "
-                          f"publish failed too; run `ckptsurgery clean {dest.parent}`") from None
+        failed = f"{dest}: updating the folder's 'checkpoint' state file failed: {why}"
+        if undone is True:
+            raise OutputError(f"{failed}; the publish was undone, nothing was published") from None
+        if undone is None:
+            raise OutputError(f"{failed}; the new checkpoint stays published (it could not be moved back) but "
+                              f"the state file does not list it") from None
+        raise OutputError(f"{failed}; undoing the publish failed too: run `ckptsurgery clean {dest.parent}` "
+                          f"to put the previous checkpoint back") from None
     return str(dest)
 
 
-def _unpublish(staging: Staging) -> bool:
+def _unpublish(staging: Staging) -> bool | None:
     """Undo a committed publish whose state file could not be written.
 
     Moving the new index back into the staging folder turns the publish into
     an uncommitted one (the destination reads as absent again); the journal's
     roll-back then removes the new data shards and restores the previous
     checkpoint, index last.  A crash in here is recovered the same way.
+    Returns True when undone, None when the new index could not be moved
+    (still committed), False when the roll-back left the previous checkpoint
+    in the staging folder (``clean`` retries).
     """
     dest = Path(staging.dest_prefix)
     new_index = Path(staging.merged_prefix + ".index")
     try:
         os.replace(dest.parent / new_index.name, new_index)
     except OSError:
-        return False
+        return None
     return roll_back(staging.path) is not _ROLLBACK_FAILED
 
 
