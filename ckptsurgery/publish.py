@@ -29,6 +29,7 @@ and nothing else, and only those whose process is dead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -510,16 +511,17 @@ def _complete_state_file(staging_path: Path, destination: str) -> bool:
     folder = Path(destination).parent
     state_path = folder / STATE_FILE
     try:
-        journal_time = (staging_path / JOURNAL).stat().st_mtime
-        state = _checkpoint_state_class()()
-        if state_path.exists():
-            if state_path.stat().st_mtime > journal_time:
+        with state_file_lock(folder):
+            journal_time = (staging_path / JOURNAL).stat().st_mtime
+            state = _checkpoint_state_class()()
+            if state_path.exists():
+                if state_path.stat().st_mtime > journal_time:
+                    return False
+                text_format.Merge(state_path.read_text(), state)
+            if any(os.path.abspath(os.path.join(folder, p)) == os.path.abspath(destination)
+                   for p in state.all_model_checkpoint_paths):
                 return False
-            text_format.Merge(state_path.read_text(), state)
-        if any(os.path.abspath(os.path.join(folder, p)) == os.path.abspath(destination)
-               for p in state.all_model_checkpoint_paths):
-            return False
-        update_state_file(destination)
+            _update_state_file(str(folder), destination, None)
     except (OSError, UnicodeDecodeError, text_format.ParseError):
         return False
     return True
@@ -572,6 +574,7 @@ def recover_destination(dest_prefix: str, *, locked: bool = False) -> list[Clean
 
 STATE_FILE = "checkpoint"
 STATE_TMP_PREFIX = STATE_FILE + ".ckptsurgery-tmp-"  # + PID-HEX: a state file being written
+STATE_LOCK = STATE_FILE + ".ckptsurgery-state-lock"  # held while the state file is read and rewritten
 
 
 @functools.lru_cache(maxsize=None)
@@ -614,10 +617,15 @@ def update_state_file(prefix: str, *, now: float | None = None) -> None:
     every old checkpoint forever.  A checkpoint written into a manager's
     folder thus joins its rotation, like one the manager saved itself.
     """
+    folder = os.path.dirname(os.path.abspath(prefix))
+    with state_file_lock(folder):  # read-modify-write: two runs publishing into one folder must not lose an entry
+        _update_state_file(folder, prefix, now)
+
+
+def _update_state_file(folder: str, prefix: str, now: float | None) -> None:
     from google.protobuf import text_format
 
     CheckpointState = _checkpoint_state_class()
-    folder = os.path.dirname(os.path.abspath(prefix))
     base = os.path.basename(prefix)
     state = CheckpointState()
     try:
@@ -641,6 +649,66 @@ def update_state_file(prefix: str, *, now: float | None = None) -> None:
         last_preserved_timestamp=state.last_preserved_timestamp,
     )
     _write_state_file(folder, text_format.MessageToString(new))
+
+
+@contextlib.contextmanager
+def state_file_lock(folder: str | os.PathLike):
+    """Hold the folder's state-file lock (waits for another holder; a dead one's lock is free).
+
+    An ``flock`` on ``checkpoint.ckptsurgery-state-lock``: the kernel drops it
+    when its process dies, so nothing stale is left to take over.  The file
+    is removed on release; a waiter that then holds the lock on the removed
+    file notices (its inode is no longer at the path) and tries again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (not POSIX): run unlocked, as before
+        yield
+        return
+    path = os.path.join(folder, STATE_LOCK)
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed that file as we waited: lock the new one
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _remove_free_state_lock(folder: Path) -> bool:
+    """Remove a state-file lock file nobody holds (its run was killed holding it)."""
+    path = folder / STATE_LOCK
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            return False
+        os.unlink(path)
+        return True
+    except OSError:  # held by a live run, or gone meanwhile
+        return False
+    finally:
+        os.close(fd)
 
 
 def _write_state_file(folder: str, text: str) -> None:
@@ -712,6 +780,8 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
         finally:
             if lock is not None:
                 lock.release()
+    if _remove_free_state_lock(root):
+        actions.append(CleanAction("removed-lock", str(root / STATE_LOCK)))
     for tmp in sorted(root.glob(STATE_TMP_PREFIX + "*")):
         if tmp.is_file() and _stale_state_tmp(tmp):
             tmp.unlink(missing_ok=True)

@@ -179,3 +179,26 @@ def test_clean_removes_only_dead_runs_temp_state_files(tmp_path):
     actions = clean_actions(tmp_path)
     assert [(a.action, a.path) for a in actions] == [("removed-temp", str(dead))]
     assert live.exists() and not dead.exists()
+
+
+def test_state_file_updates_in_one_folder_are_serialised(tmp_path):
+    """Two runs publishing into one folder: the second waits for the first's read-modify-write."""
+    import threading
+
+    from ckptsurgery.publish import STATE_LOCK, clean_actions, state_file_lock, update_state_file
+
+    update_state_file(str(tmp_path / "a"))
+    with state_file_lock(tmp_path):  # another run is between reading and writing the state file
+        writer = threading.Thread(target=update_state_file, args=(str(tmp_path / "b"),))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive()  # waits instead of reading a state file about to change
+        assert [os.path.basename(p) for p in tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths] \
+            == ["a"]
+    writer.join(10)
+    state = tf.train.get_checkpoint_state(str(tmp_path))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["a", "b"]
+    assert not (tmp_path / STATE_LOCK).exists()
+    (tmp_path / STATE_LOCK).touch()  # left by a run killed while holding it: nobody holds it now
+    assert [a.action for a in clean_actions(tmp_path)] == ["removed-lock"]
+    assert not (tmp_path / STATE_LOCK).exists()
