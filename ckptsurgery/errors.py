@@ -12,7 +12,10 @@ Exit codes (also in README):
 1     differences found (``diff``, ``verify --against``)
 2     usage error: bad flag, bad rule, rule that matches nothing
 3     bad input: not a checkpoint, corrupt or truncated file
-4     I/O error: cannot write destination, disk full, lost a race
+4     I/O error: cannot write destination, disk full, lost a race;
+      the destination is as it was (publish.py undoes even a publish
+      whose state-file write failed); a message saying otherwise
+      names what is left and how to recover
 ====  ==========================================================
 """
 

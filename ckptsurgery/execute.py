@@ -226,7 +226,8 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
-                         durable=options.durable, on_written=bar.update, check=check) as writer:
+                         durable=options.durable, on_written=bar.update, check=check,
+                         force=options.force) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):

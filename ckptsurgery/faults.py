@@ -6,11 +6,17 @@ Normally it does nothing.  With ``CKPTSURGERY_FAULT=POINT`` (or
 ``POINT:N`` for the N-th time that point is reached, counting from 1) the
 process kills itself with SIGKILL there, or, for ``enospc@POINT``, raises
 the ``OSError(ENOSPC)`` a full disk would, or, for ``pause@POINT``, sleeps
-``CKPTSURGERY_FAULT_PAUSE`` seconds (default 3; to make two runs overlap).  Tests use it to prove that no
-instant of a run can leave a half-written checkpoint at the destination.
+``CKPTSURGERY_FAULT_PAUSE`` seconds (default 3; to make two runs overlap),
+or, for ``wait@POINT``, creates ``$CKPTSURGERY_FAULT_GATE.reached`` and waits
+until the file ``$CKPTSURGERY_FAULT_GATE`` exists (at most 120 s): a test
+then runs something else at exactly that instant, with no timing guesswork.
+Tests use it to prove that no instant of a run can leave a half-written
+checkpoint at the destination.
 
-Points: ``group-saved``, ``before-merge``, ``after-merge``,
-``publish-old-moved``, ``publish-data-moved``, ``after-publish``.
+Points: ``destination-checked`` (the destination was judged, before the
+lock is taken), ``group-saved``, ``before-merge``, ``after-merge``,
+``publish-old-moved``, ``publish-data-moved``, ``state-file-written`` (the
+temp state file is written, not yet renamed), ``after-publish``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ def at(point: str) -> None:
     if not spec:
         return
     action = "kill"
-    for prefix in ("enospc@", "pause@"):
+    for prefix in ("enospc@", "pause@", "wait@"):
         if spec.startswith(prefix):
             action, spec = prefix[:-1], spec[len(prefix):]
     name, _, nth = spec.partition(":")
@@ -43,10 +49,23 @@ def at(point: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "wait":
+        _wait_at_gate(os.environ.get("CKPTSURGERY_FAULT_GATE", ""))
+        return
     if action == "pause":
         time.sleep(float(os.environ.get("CKPTSURGERY_FAULT_PAUSE", "3")))
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_at_gate(gate: str) -> None:
+    if not gate:
+        return
+    with open(gate + ".reached", "w"):
+        pass
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def reset() -> None:

@@ -13,7 +13,10 @@ renames are atomic), then
    instant the destination reads as absent rather than as a mix;
 2. the new data shards are renamed into place;
 3. the new index is renamed into place: the checkpoint now exists, whole;
-4. the folder's ``checkpoint`` state file is updated atomically.
+4. the folder's ``checkpoint`` state file is updated atomically; if that
+   fails (a full disk), steps 3-1 are undone, so a failed run never leaves a
+   published checkpoint that the state file does not list.  A run killed
+   between 3 and 4 is rolled forward by recovery: it writes the state file.
 
 A crash anywhere leaves the destination absent, the complete old
 checkpoint, or the complete new one.  A crash in steps 1-2 leaves the
@@ -26,7 +29,9 @@ and nothing else, and only those whose process is dead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -258,24 +263,36 @@ def _write_json_durably(path: Path, obj: dict, durable: bool) -> None:
         _fsync_path(path.parent)
 
 
-def publish(staging: Staging, *, durable: bool = True) -> str:
+def publish(staging: Staging, *, durable: bool = True, replace: bool = False) -> str:
     """Move the merged checkpoint from ``staging`` to its destination (see module doc).
 
-    If a step fails (an ``OSError``), the previous checkpoint is moved back
-    before the error propagates, so the destination is as it was.
+    ``replace`` (``--force``) allows replacing a checkpoint found at the
+    destination.  Without it, the destination is checked again here, under
+    the destination lock the caller holds: a run that found nothing at the
+    start and then spent minutes reading and planning must not move aside a
+    checkpoint that another run (or a training job) published meanwhile.
+
+    The publish includes the folder's ``checkpoint`` state file: if a step
+    fails (an ``OSError``), including that last write (a full disk), the
+    publish is undone (the new checkpoint leaves, the previous one comes
+    back) before the error propagates, so the destination is as it was and
+    the error's exit code always means "nothing changed".
     """
     dest = Path(staging.dest_prefix)
     new_files = checkpoint_files(staging.merged_prefix)
     new_index = Path(staging.merged_prefix + ".index")
     if new_index not in new_files:
         raise OutputError(f"{staging.path}: merged checkpoint has no index; nothing published")
+    old_files = checkpoint_files(str(dest))
+    if old_files and not replace:
+        raise OutputError(f"{dest}: a checkpoint appeared here while this run was working (another run published "
+                          f"it); nothing was published; pass --force to replace it")
     if durable:
         for f in new_files:
             _fsync_path(f)
     new_data = [f for f in new_files if f != new_index]
     old_dir = staging.path / "previous"
     old_dir.mkdir(exist_ok=True)
-    old_files = checkpoint_files(str(dest))
     old_files.sort(key=lambda f: not f.name.endswith(".index"))  # index first: dest reads as absent
     _write_json_durably(staging.path / JOURNAL, {
         "destination": str(dest),
@@ -299,9 +316,39 @@ def publish(staging: Staging, *, durable: bool = True) -> str:
             _fsync_path(dest.parent)
         update_state_file(str(dest))
     except OSError as exc:
-        raise OutputError(f"{dest}: published, but updating the folder's 'checkpoint' state file failed: "
-                          f"{exc.strerror or exc}") from None
+        # A checkpoint published with a stale state file loads, but TF's tools then see the
+        # wrong latest checkpoint and a CheckpointManager the wrong history: undo instead.
+        undone = _unpublish(staging)
+        why = "disk full (no space left on device)" if is_disk_full(exc) else (exc.strerror or str(exc))
+        failed = f"{dest}: updating the folder's 'checkpoint' state file failed: {why}"
+        if undone is True:
+            raise OutputError(f"{failed}; the publish was undone, nothing was published") from None
+        if undone is None:
+            raise OutputError(f"{failed}; the new checkpoint stays published (it could not be moved back) but "
+                              f"the state file does not list it") from None
+        raise OutputError(f"{failed}; undoing the publish failed too: run `ckptsurgery clean {dest.parent}` "
+                          f"to put the previous checkpoint back") from None
     return str(dest)
+
+
+def _unpublish(staging: Staging) -> bool | None:
+    """Undo a committed publish whose state file could not be written.
+
+    Moving the new index back into the staging folder turns the publish into
+    an uncommitted one (the destination reads as absent again); the journal's
+    roll-back then removes the new data shards and restores the previous
+    checkpoint, index last.  A crash in here is recovered the same way.
+    Returns True when undone, None when the new index could not be moved
+    (still committed), False when the roll-back left the previous checkpoint
+    in the staging folder (``clean`` retries).
+    """
+    dest = Path(staging.dest_prefix)
+    new_index = Path(staging.merged_prefix + ".index")
+    try:
+        os.replace(dest.parent / new_index.name, new_index)
+    except OSError:
+        return None
+    return roll_back(staging.path) is not _ROLLBACK_FAILED
 
 
 # -- recovery ------------------------------------------------------------------
@@ -418,7 +465,8 @@ def _staging_owner(entry: Path) -> tuple[dict, int, str | None]:
 class CleanAction:
     """One thing :func:`clean` or :func:`recover_destination` did (or left)."""
 
-    action: str  # "removed-staging", "rolled-back", "removed-lock", "skipped-live", "kept-previous"
+    action: str  # "removed-staging", "rolled-back", "state-file-updated", "removed-lock", "removed-temp",
+    #              "skipped-live", "kept-previous"
     path: str
     detail: str = ""
 
@@ -436,6 +484,9 @@ def _recover_staging(entry: Path) -> list[CleanAction]:
     if rb is _ROLLBACK_FAILED:
         return [CleanAction("kept-previous", str(entry),
                             "could not move the previous checkpoint back; it is in previous/ inside this folder")]
+    if isinstance(rb, RollBack) and rb.committed and _complete_state_file(entry, rb.destination):
+        actions.append(CleanAction("state-file-updated", rb.destination,
+                                   "the run died between publishing and updating the 'checkpoint' state file"))
     if isinstance(rb, RollBack) and rb.changed:
         detail = f"previous checkpoint restored ({len(rb.restored)} files)" if rb.restored else "destination left absent"
         if rb.removed:
@@ -444,6 +495,36 @@ def _recover_staging(entry: Path) -> list[CleanAction]:
     shutil.rmtree(entry, ignore_errors=True)
     actions.append(CleanAction("removed-staging", str(entry)))
     return actions
+
+
+def _complete_state_file(staging_path: Path, destination: str) -> bool:
+    """Finish a dead run's publish that stopped before the state file was written.
+
+    The checkpoint is whole (its index is in place), so it is rolled forward,
+    not deleted: it is added to the ``checkpoint`` file as the run would
+    have.  Only if no one wrote that file since the run's journal (else a
+    newer checkpoint is the latest, and ours stays unlisted, like one saved
+    with ``tf.train.Checkpoint.write``).  Returns whether it wrote the file.
+    """
+    from google.protobuf import text_format
+
+    folder = Path(destination).parent
+    state_path = folder / STATE_FILE
+    try:
+        with state_file_lock(folder):
+            journal_time = (staging_path / JOURNAL).stat().st_mtime
+            state = _checkpoint_state_class()()
+            if state_path.exists():
+                if state_path.stat().st_mtime > journal_time:
+                    return False
+                text_format.Merge(state_path.read_text(), state)
+            if any(os.path.abspath(os.path.join(folder, p)) == os.path.abspath(destination)
+                   for p in state.all_model_checkpoint_paths):
+                return False
+            _update_state_file(str(folder), destination, None)
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        return False
+    return True
 
 
 def _dead_stagings(root: Path, destination: str | None, only_dead: bool) -> list[tuple[Path, dict]]:
@@ -491,43 +572,174 @@ def recover_destination(dest_prefix: str, *, locked: bool = False) -> list[Clean
             lock.release()
 
 
-def update_state_file(prefix: str) -> None:
-    """Make ``prefix`` the latest checkpoint in its folder's ``checkpoint`` file.
+STATE_FILE = "checkpoint"
+STATE_TMP_PREFIX = STATE_FILE + ".ckptsurgery-tmp-"  # + PID-HEX: a state file being written
+STATE_LOCK = STATE_FILE + ".ckptsurgery-state-lock"  # held while the state file is read and rewritten
 
-    Keeps the folder's other listed checkpoints that still exist, so a
-    training folder's history is not lost.  TF writes the file atomically.
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint_state_class() -> type:
+    """TensorFlow's ``CheckpointState`` message, defined here, in a private pool.
+
+    The same fields and numbers as ``tensorflow/core/protobuf/checkpoint_state.proto``
+    (the text format names fields, so the file reads the same), without
+    importing TensorFlow: ``clean`` and recovery stay fast and quiet.
     """
-    from ._tf import tf
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    folder = os.path.dirname(prefix) or "."
-    base = os.path.basename(prefix)
-    tf_ = tf()
-    existing: list[str] = []
-    try:
-        state = tf_.train.get_checkpoint_state(folder)
-    except Exception:
-        state = None
-    if state is not None:
-        for p in state.all_model_checkpoint_paths:
-            full = p if os.path.isabs(p) else os.path.join(folder, p)
-            if os.path.exists(full + ".index") and os.path.basename(p) != base:
-                existing.append(os.path.relpath(full, folder))
-    _write_state_file(folder, base, existing + [base])
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="ckptsurgery/checkpoint_state.proto",
+                                               package="ckptsurgery", syntax="proto3")
+    message = proto.message_type.add(name="CheckpointState")
+    for number, (name, kind, label) in enumerate([
+        ("model_checkpoint_path", field.TYPE_STRING, field.LABEL_OPTIONAL),
+        ("all_model_checkpoint_paths", field.TYPE_STRING, field.LABEL_REPEATED),
+        ("all_model_checkpoint_timestamps", field.TYPE_DOUBLE, field.LABEL_REPEATED),
+        ("last_preserved_timestamp", field.TYPE_DOUBLE, field.LABEL_OPTIONAL),
+    ], start=1):
+        message.field.add(name=name, number=number, type=kind, label=label)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ckptsurgery.CheckpointState"))
 
 
-def _write_state_file(folder: str, latest: str, all_paths: list[str]) -> None:
-    """Write the ``checkpoint`` text proto atomically (temp file, then rename)."""
+def update_state_file(prefix: str, *, now: float | None = None) -> None:
+    """Record ``prefix`` as the newest checkpoint in its folder's ``checkpoint`` file.
+
+    Does what TensorFlow's ``update_checkpoint_state`` does when a checkpoint
+    is saved into the folder: every entry already listed stays, verbatim,
+    with its ``all_model_checkpoint_timestamps`` time, and the file keeps its
+    ``last_preserved_timestamp``; ``prefix`` (removed first if it was listed,
+    a ``--force`` run) is appended with the current time and becomes
+    ``model_checkpoint_path``.  The times matter: a ``CheckpointManager``
+    reopened on the folder deletes only entries newer than
+    ``last_preserved_timestamp``, so a file without them would make it keep
+    every old checkpoint forever.  A checkpoint written into a manager's
+    folder thus joins its rotation, like one the manager saved itself.
+    """
+    folder = os.path.dirname(os.path.abspath(prefix))
+    with state_file_lock(folder):  # read-modify-write: two runs publishing into one folder must not lose an entry
+        _update_state_file(folder, prefix, now)
+
+
+def _update_state_file(folder: str, prefix: str, now: float | None) -> None:
     from google.protobuf import text_format
-    from tensorflow.python.training import checkpoint_state_pb2
 
-    state = checkpoint_state_pb2.CheckpointState(model_checkpoint_path=latest, all_model_checkpoint_paths=all_paths)
-    target = os.path.join(folder, "checkpoint")
-    tmp = f"{target}.ckptsurgery-tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        f.write(text_format.MessageToString(state))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    CheckpointState = _checkpoint_state_class()
+    base = os.path.basename(prefix)
+    state = CheckpointState()
+    try:
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            text_format.Merge(f.read(), state)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError, text_format.ParseError):
+        state = CheckpointState()  # unreadable: TF would ignore it too; start afresh
+    paths = list(state.all_model_checkpoint_paths)
+    stamps = list(state.all_model_checkpoint_timestamps)
+    if len(stamps) != len(paths):
+        # What CheckpointManager assumes for an entry without a time: preserved (never deleted).
+        stamps = (stamps + [state.last_preserved_timestamp] * len(paths))[:len(paths)]
+    this = os.path.abspath(prefix)
+    kept = [(p, t) for p, t in zip(paths, stamps) if os.path.abspath(os.path.join(folder, p)) != this]
+    new = CheckpointState(
+        model_checkpoint_path=base,
+        all_model_checkpoint_paths=[p for p, _ in kept] + [base],
+        all_model_checkpoint_timestamps=[t for _, t in kept] + [time.time() if now is None else now],
+        last_preserved_timestamp=state.last_preserved_timestamp,
+    )
+    _write_state_file(folder, text_format.MessageToString(new))
+
+
+@contextlib.contextmanager
+def state_file_lock(folder: str | os.PathLike):
+    """Hold the folder's state-file lock (waits for another holder; a dead one's lock is free).
+
+    An ``flock`` on ``checkpoint.ckptsurgery-state-lock``: the kernel drops it
+    when its process dies, so nothing stale is left to take over.  The file
+    is removed on release; a waiter that then holds the lock on the removed
+    file notices (its inode is no longer at the path) and tries again.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (not POSIX): run unlocked, as before
+        yield
+        return
+    path = os.path.join(folder, STATE_LOCK)
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed that file as we waited: lock the new one
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _remove_free_state_lock(folder: Path) -> bool:
+    """Remove a state-file lock file nobody holds (its run was killed holding it)."""
+    path = folder / STATE_LOCK
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            return False
+        os.unlink(path)
+        return True
+    except OSError:  # held by a live run, or gone meanwhile
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_state_file(folder: str, text: str) -> None:
+    """Write the ``checkpoint`` text proto atomically (temp file, then rename).
+
+    The temp file carries our pid, so ``clean`` removes it once that process
+    is dead; a failed write removes it at once.
+    """
+    target = os.path.join(folder, STATE_FILE)
+    tmp = os.path.join(folder, f"{STATE_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            faults.at("state-file-written")
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _stale_state_tmp(path: Path) -> bool:
+    """Is ``path`` a temp state file whose writer is gone?"""
+    pid_text = path.name[len(STATE_TMP_PREFIX):].split("-", 1)[0]
+    if pid_text.isdigit():
+        return int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+    return _older_than(path, 60)  # no pid in the name (an older version): a live writer takes milliseconds
 
 
 def is_our_staging(folder: Path) -> bool:
@@ -541,7 +753,8 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
     carrying our marker whose process is dead, undoes its unfinished publish
     (see :func:`roll_back`) and removes it.  Nothing else is touched: a folder
     named like ours without the marker stays.  A destination locked by a live
-    run is skipped (that run recovers it itself).
+    run is skipped (that run recovers it itself).  A ``checkpoint`` state
+    file a dead run was writing (``checkpoint.ckptsurgery-tmp-PID-*``) goes.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -567,6 +780,12 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
         finally:
             if lock is not None:
                 lock.release()
+    if _remove_free_state_lock(root):
+        actions.append(CleanAction("removed-lock", str(root / STATE_LOCK)))
+    for tmp in sorted(root.glob(STATE_TMP_PREFIX + "*")):
+        if tmp.is_file() and _stale_state_tmp(tmp):
+            tmp.unlink(missing_ok=True)
+            actions.append(CleanAction("removed-temp", str(tmp), "a 'checkpoint' state file a dead run was writing"))
     for aside in sorted(root.glob("*" + LOCK_SUFFIX + ".*")):
         # leftovers of a lock being created or taken over by a run that died right then
         if aside.name.split(LOCK_SUFFIX + ".", 1)[1].startswith(("stale-", "tmp-")) and _older_than(aside, 60):

@@ -57,6 +57,7 @@ def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, 
     parent = Path(prefix).parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{parent}: destination folder is a file")
+    faults.at("destination-checked")  # checked without the lock: publish checks again under it
     return prefix
 
 
@@ -80,8 +81,10 @@ class ShardWriter:
         durable: bool = True,
         on_written: Callable[[int], None] | None = None,
         check: Callable[[str], None] | None = None,
+        force: bool = False,
     ):
         self.dest_prefix = os.path.abspath(dest_prefix)
+        self.force = force  # replace a checkpoint found at the destination when publishing
         self.budget = parse_size(memory_budget)
         self.workers = max(1, int(workers))
         self.durable = durable
@@ -211,7 +214,7 @@ class ShardWriter:
         if self._check is not None:
             self._check(merged)
         try:
-            self.published = publish(self._staging, durable=self.durable)
+            self.published = publish(self._staging, durable=self.durable, replace=self.force)
         except OSError as exc:
             raise _write_error(self.dest_prefix, exc) from None
         # Published: whatever happens now, the staging folder and the lock must go.
