@@ -58,6 +58,8 @@ from .accumulate import BASE_INPUT, RESERVED_PARAMS, SEED, WEIGHTS
 from .dtypes import FLOATING
 from .errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, UsageError
 from .execute import WriteResult, write_or_plan
+from .options import check_write_options
+from .writer import DEFAULT_MEMORY_BUDGET
 from .merge_methods import apply_method, derive_seed, get_method
 from .optimizer_state import is_optimizer_state
 from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, out_nbytes
@@ -545,17 +547,25 @@ def average(
     intersection: bool = False,
     allow_nonfinite: bool = False,
     dry_run: bool = False,
-    **options,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    workers: int = 1,
+    force: bool = False,
+    verify: bool = False,
+    fsync: bool = True,
+    progress: bool | None = None,
 ) -> WriteResult | Plan:
     """Average ``checkpoints`` into ``out`` (see :func:`plan_average`), streaming.
 
     A result with NaN or Inf raises :class:`NonFiniteError` naming the tensor
-    unless ``allow_nonfinite``.  Other options are those of
-    :class:`~ckptsurgery.execute.WriteOptions` (``memory_budget``, ``force``...);
+    unless ``allow_nonfinite``.  ``memory_budget``, ``workers``, ``force``,
+    ``verify``, ``fsync`` and ``progress`` are the write options (see
+    :mod:`ckptsurgery.options`), checked before anything is read;
     ``dry_run=True`` returns the plan.  For the last N saves of a run::
 
         average(last_checkpoints("runs/bert/", 5), "runs/bert-avg/model.ckpt")
     """
+    options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
+                                       fsync=fsync, progress=progress))
     plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
                         keep_optimizer=keep_optimizer, intersection=intersection)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
@@ -573,7 +583,12 @@ def merge(
     graph_from: str | None = None,
     allow_nonfinite: bool = False,
     dry_run: bool = False,
-    **options,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    workers: int = 1,
+    force: bool = False,
+    verify: bool = False,
+    fsync: bool = True,
+    progress: bool | None = None,
 ) -> WriteResult | Plan:
     """Merge parts of several ``sources`` (alias -> checkpoint) into ``out`` (see :func:`plan_merge`).
 
@@ -583,6 +598,8 @@ def merge(
               takes=[Take("a", "."), Take("b", "^decoder/")],
               methods=[MethodRule("^decoder/", "linear", weights={"a": 0.3, "b": 0.7})])
     """
+    options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
+                                       fsync=fsync, progress=progress))
     plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
                       graph_from=graph_from)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
@@ -773,13 +790,12 @@ def average_plan_from_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str
 
 
 def _run_spec(parsed, where: str, dry_run: bool, options: dict) -> WriteResult | Plan:
+    options = check_write_options(options, where)
     plan = parsed.plan()
-    if dry_run:
-        return plan
-    if parsed.output is None:
+    if parsed.output is None and not dry_run:
         raise UsageError(f"{where}: no output given")
     allow = parsed.options.get("allow_nonfinite", False) if isinstance(parsed, AverageSpec) else parsed.allow_nonfinite
-    return write_or_plan(plan, parsed.output, False, allow_nonfinite=allow, **options)
+    return write_or_plan(plan, parsed.output or "", dry_run, allow_nonfinite=allow, **options)
 
 
 def merge_from_spec(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str, dry_run: bool = False,

@@ -13,6 +13,9 @@ Exit codes (also in README):
 2     usage error: bad flag, bad rule, rule that matches nothing
 3     bad input: not a checkpoint, corrupt or truncated file
 4     I/O error: cannot write destination, disk full, lost a race
+5     internal error: an unexpected exception (a bug); one line,
+      ``--debug`` shows the traceback
+130   interrupted (Ctrl-C); nothing was published
 ====  ==========================================================
 """
 
@@ -23,6 +26,8 @@ EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_IO = 4
+EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130
 
 
 class CkptSurgeryError(Exception):
