@@ -144,7 +144,7 @@ def object_graph_problems(graph_bytes: bytes, bundle_keys: set[str] | frozenset[
     try:
         graph.ParseFromString(bytes(graph_bytes))
     except Exception as exc:  # google.protobuf.message.DecodeError, or RuntimeError from the C++ parser
-        return [f"does not decode as a TrackableObjectGraph ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"]
+        return [f"does not decode as a TrackableObjectGraph ({type(exc).__name__})"]
     n = len(graph.nodes)
     if n == 0:
         return ["has no nodes (a TF2 object graph always has a root node 0)"]

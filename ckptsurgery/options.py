@@ -44,6 +44,10 @@ def _size(value: Any) -> bool:
     return False
 
 
+#: Each worker holds a budget-sized group in flight, so the count bounds memory too.
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class WriteOption:
     """One write option: its name, the type it accepts (as a check and a phrase), its default."""
@@ -58,8 +62,8 @@ class WriteOption:
 WRITE_OPTIONS: dict[str, WriteOption] = {o.name: o for o in (
     WriteOption("memory_budget", "a positive size such as 512MB, 2GiB or a byte count", _size, "128MB",
                 "bytes of tensors held per shard group"),
-    WriteOption("workers", "a positive integer", lambda v: _is_int(v) and v >= 1, 1,
-                "shard groups saved in parallel"),
+    WriteOption("workers", f"an integer from 1 to {MAX_WORKERS}", lambda v: _is_int(v) and 1 <= v <= MAX_WORKERS, 1,
+                "shard groups saved in parallel (each holds up to a memory budget)"),
     WriteOption("force", "true or false", lambda v: isinstance(v, bool), False,
                 "replace an existing checkpoint at the destination"),
     WriteOption("verify", "true or false", lambda v: isinstance(v, bool), False,
