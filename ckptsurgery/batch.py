@@ -59,8 +59,8 @@ from .dtypes import FLOATING
 from .errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, UsageError
 from .execute import WriteResult, write_or_plan
 from .options import check_write_options
-from .schema import (BOOL, LIST, MAPPING, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, SEED, STRING, Kind,
-                     check_fields, check_value)
+from .schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
+                     Kind, check_fields, check_value)
 from .writer import DEFAULT_MEMORY_BUDGET
 from .merge_methods import apply_method, derive_seed, get_method
 from .optimizer_state import is_optimizer_state
@@ -616,7 +616,8 @@ AVERAGE_FIELDS: dict[str, Kind] = {
 }
 LAST_FIELDS: dict[str, Kind] = {"n": POSITIVE, "dir": PATH}
 MERGE_FIELDS: dict[str, Kind] = {
-    "sources": MAPPING, "take": LIST, "methods": LIST.or_null(), "base": STRING.or_null(), "seed": SEED,
+    "sources": MAPPING, "take": LIST, "methods": LIST.or_null(), "base": STRING.or_null(),
+    "seed": NON_NEGATIVE_INT,
     "keep_optimizer": BOOL, "object_graph": STRING.or_null(), "allow_nonfinite": BOOL, "output": PATH.or_null(),
 }
 TAKE_FIELDS: dict[str, Kind] = {"source": STRING, "pattern": PATTERN, "rename": RENAMES.or_null()}

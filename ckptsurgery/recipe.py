@@ -27,8 +27,8 @@ from typing import Any
 from .errors import UsageError
 from .options import WRITE_OPTIONS, check_write_options
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
-from .schema import (BOOL, MAPPING, NAME_MAP, PATH, PATTERN, PATTERNS, SEED, SHAPE, STRING, Kind, check_fields,
-                     check_mapping, check_value)
+from .schema import (BOOL, MAPPING, NAME_MAP, NON_NEGATIVE_INT, PATH, PATTERN, PATTERNS, SHAPE, STRING, Kind,
+                     check_fields, check_mapping, check_value)
 
 ACTIONS = ("edit", "transfer", "average", "merge")
 TOP_KEYS = set(ACTIONS) | {"output", "options", "description"}
@@ -51,7 +51,7 @@ TRANSFER_FIELDS: dict[str, Kind] = {
 }
 PAIR_FIELDS: dict[str, Kind] = {"pattern": PATTERN, "replacement": STRING}
 CAST_FIELDS: dict[str, Kind] = {"from": STRING, "to": STRING, "pattern": PATTERN.or_null()}
-RESIZE_FIELDS: dict[str, Kind] = {"pattern": PATTERN, "shape": SHAPE, "init": STRING, "seed": SEED}
+RESIZE_FIELDS: dict[str, Kind] = {"pattern": PATTERN, "shape": SHAPE, "init": STRING, "seed": NON_NEGATIVE_INT}
 
 
 def _check_keys(where: str, data: Any, allowed: set[str], required: set[str] = frozenset()) -> dict:

@@ -59,7 +59,7 @@ PATTERNS = Kind("a regular expression or a list of them (strings)",
                 lambda v: isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(p, str) for p in v)))
 PATH = Kind("a path (a non-empty string)", lambda v: isinstance(v, str) and bool(v.strip()) and "\0" not in v)
 BOOL = Kind("true or false", lambda v: isinstance(v, bool))
-SEED = Kind("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63)
+NON_NEGATIVE_INT = Kind("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63)
 POSITIVE = Kind("a positive integer", lambda v: _is_int(v) and 0 < v < 2**31)
 NUMBER = Kind("a finite number", _is_number)
 NUMBERS = Kind("a list of finite numbers", lambda v: isinstance(v, list) and all(_is_number(x) for x in v))
