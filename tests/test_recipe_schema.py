@@ -24,10 +24,9 @@ from ckptsurgery.errors import EXIT_INTERNAL
 
 MEMORY_LIMIT = 300 * 10**6
 
-ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
-    f"*a{i - 1}, *a{i - 1}]\n" for i in range(1, 10)
-) + "edit: {source: SRC, rules: [{keep: *a9}]}\noutput: out/ckpt\n"
+ALIAS_BOMB = "edit:\n  source: SRC\n  rules:\n    - keep: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"    - keep: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)
+) + "    - keep: *a9\noutput: out/ckpt\n"  # 10 levels of 10: ~10**10 strings once expanded
 
 
 def _edit(**extra) -> str:
