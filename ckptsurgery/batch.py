@@ -750,8 +750,8 @@ def parse_merge_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str, wher
         except CkptSurgeryError as exc:
             raise type(exc)(f"{at}: {exc}") from None
         for name, value in params.items():
-            default = defaults.get(name)
-            check_value(f"{at}.params.{name}", value, BOOL if isinstance(default, bool) else NUMBER)
+            if name in defaults:  # an unknown parameter is named by MethodRule below
+                check_value(f"{at}.params.{name}", value, BOOL if isinstance(defaults[name], bool) else NUMBER)
         weights = data.get("weights")
         if isinstance(weights, dict):
             for alias, w in weights.items():

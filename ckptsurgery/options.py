@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from .errors import UsageError
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters, so an error stays one line."""
     text = " ".join(repr(value).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -82,7 +82,7 @@ def check_write_option(name: str, value: Any, where: str = "") -> Any:
     if option is None:
         raise UsageError(f"{prefix}unknown option {name!r}; options: {', '.join(WRITE_OPTIONS)}")
     if not option.accepts(value):
-        raise UsageError(f"{prefix}option {name!r}: expected {option.expected}, got {_short(value)}")
+        raise UsageError(f"{prefix}option {name!r}: expected {option.expected}, got {short_repr(value)}")
     return value
 
 
@@ -94,7 +94,7 @@ def check_write_options(options: Mapping[str, Any], where: str = "") -> dict[str
     """
     for name, value in options.items():
         if not isinstance(name, str):
-            raise UsageError(f"{where + ': ' if where else ''}unknown option {_short(name)}; "
+            raise UsageError(f"{where + ': ' if where else ''}unknown option {short_repr(name)}; "
                              f"options: {', '.join(WRITE_OPTIONS)}")
         check_write_option(name, value, where)
     return dict(options)

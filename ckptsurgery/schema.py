@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
-from .options import _short
+from .options import short_repr
 
 
 def _is_int(value: Any) -> bool:
@@ -77,17 +77,17 @@ def check_value(where: str, value: Any, kind: Kind) -> Any:
     if value is None and kind.nullable:
         return None
     if not kind.accepts(value):
-        raise UsageError(f"{where}: expected {kind.expected}, got {_short(value)}")
+        raise UsageError(f"{where}: expected {kind.expected}, got {short_repr(value)}")
     return value
 
 
 def check_mapping(where: str, data: Any) -> dict:
     """``data`` must be a mapping with string keys."""
     if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__} {_short(data)}")
+        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__} {short_repr(data)}")
     for key in data:
         if not isinstance(key, str):
-            raise UsageError(f"{where}: key {_short(key)} is not a string")
+            raise UsageError(f"{where}: key {short_repr(key)} is not a string")
     return data
 
 
