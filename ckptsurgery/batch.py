@@ -58,15 +58,15 @@ from .accumulate import BASE_INPUT, RESERVED_PARAMS, SEED, WEIGHTS
 from .dtypes import FLOATING
 from .errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, UsageError
 from .execute import WriteResult, write_or_plan
-from .options import check_write_options
-from .schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
-                     Kind, check_fields, check_value)
-from .writer import DEFAULT_MEMORY_BUDGET
 from .merge_methods import apply_method, derive_seed, get_method
 from .optimizer_state import is_optimizer_state
+from .options import check_write_options
 from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, out_nbytes
 from .rules import Draft, Rename, _compile, _no_match
+from .schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
+                     Kind, check_fields, check_value)
 from .source import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
+from .writer import DEFAULT_MEMORY_BUDGET
 
 PathLike = str | os.PathLike | Checkpoint
 INT_POLICIES = ("last", "first", "error")
@@ -616,8 +616,7 @@ AVERAGE_FIELDS: dict[str, Kind] = {
 }
 LAST_FIELDS: dict[str, Kind] = {"n": POSITIVE, "dir": PATH}
 MERGE_FIELDS: dict[str, Kind] = {
-    "sources": MAPPING, "take": LIST, "methods": LIST.or_null(), "base": STRING.or_null(),
-    "seed": NON_NEGATIVE_INT,
+    "sources": MAPPING, "take": LIST, "methods": LIST.or_null(), "base": STRING.or_null(), "seed": NON_NEGATIVE_INT,
     "keep_optimizer": BOOL, "object_graph": STRING.or_null(), "allow_nonfinite": BOOL, "output": PATH.or_null(),
 }
 TAKE_FIELDS: dict[str, Kind] = {"source": STRING, "pattern": PATTERN, "rename": RENAMES.or_null()}
