@@ -60,9 +60,13 @@ from .errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, 
 from .execute import WriteResult, write_or_plan
 from .merge_methods import apply_method, derive_seed, get_method
 from .optimizer_state import is_optimizer_state
+from .options import check_write_options
 from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, out_nbytes
 from .rules import Draft, Rename, _compile, _no_match
+from .schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
+                     Kind, check_fields, check_value)
 from .source import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
+from .writer import DEFAULT_MEMORY_BUDGET
 
 PathLike = str | os.PathLike | Checkpoint
 INT_POLICIES = ("last", "first", "error")
@@ -545,17 +549,25 @@ def average(
     intersection: bool = False,
     allow_nonfinite: bool = False,
     dry_run: bool = False,
-    **options,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    workers: int = 1,
+    force: bool = False,
+    verify: bool = False,
+    fsync: bool = True,
+    progress: bool | None = None,
 ) -> WriteResult | Plan:
     """Average ``checkpoints`` into ``out`` (see :func:`plan_average`), streaming.
 
     A result with NaN or Inf raises :class:`NonFiniteError` naming the tensor
-    unless ``allow_nonfinite``.  Other options are those of
-    :class:`~ckptsurgery.execute.WriteOptions` (``memory_budget``, ``force``...);
+    unless ``allow_nonfinite``.  ``memory_budget``, ``workers``, ``force``,
+    ``verify``, ``fsync`` and ``progress`` are the write options (see
+    :mod:`ckptsurgery.options`), checked before anything is read;
     ``dry_run=True`` returns the plan.  For the last N saves of a run::
 
         average(last_checkpoints("runs/bert/", 5), "runs/bert-avg/model.ckpt")
     """
+    options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
+                                       fsync=fsync, progress=progress))
     plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
                         keep_optimizer=keep_optimizer, intersection=intersection)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
@@ -573,7 +585,12 @@ def merge(
     graph_from: str | None = None,
     allow_nonfinite: bool = False,
     dry_run: bool = False,
-    **options,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    workers: int = 1,
+    force: bool = False,
+    verify: bool = False,
+    fsync: bool = True,
+    progress: bool | None = None,
 ) -> WriteResult | Plan:
     """Merge parts of several ``sources`` (alias -> checkpoint) into ``out`` (see :func:`plan_merge`).
 
@@ -583,58 +600,52 @@ def merge(
               takes=[Take("a", "."), Take("b", "^decoder/")],
               methods=[MethodRule("^decoder/", "linear", weights={"a": 0.3, "b": 0.7})])
     """
+    options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
+                                       fsync=fsync, progress=progress))
     plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
                       graph_from=graph_from)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
 
 
 # -- plain-dict specs (recipes) --------------------------------------------------------
-AVERAGE_KEYS = {"checkpoints", "last", "weights", "ema", "int_policy", "keep_optimizer", "intersection",
-                "allow_nonfinite", "output"}
-MERGE_KEYS = {"sources", "take", "methods", "base", "seed", "keep_optimizer", "object_graph", "allow_nonfinite",
-              "output"}
-TAKE_KEYS = {"source", "pattern", "rename"}
-METHOD_KEYS = {"pattern", "method", "params", "weights"}
-
-
-def _mapping(where: str, data: Any, allowed: set[str], required: Sequence[str] = ()) -> dict:
-    if not isinstance(data, Mapping):
-        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(str(k) for k in data if k not in allowed)
-    if unknown:
-        raise UsageError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
-    for key in required:
-        if key not in data:
-            raise UsageError(f"{where}: missing key {key!r}")
-    return dict(data)
-
-
-def _flag(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"{where}: expected true or false, got {value!r}")
-    return value
-
-
-def _list(where: str, value: Any) -> list:
-    if not isinstance(value, list):
-        raise UsageError(f"{where}: expected a list, got {type(value).__name__}")
-    return value
+# One typed table per section (see :mod:`ckptsurgery.schema`); a wrong type is an error naming the key.
+AVERAGE_FIELDS: dict[str, Kind] = {
+    "checkpoints": Kind("a non-empty list of paths", lambda v: isinstance(v, list) and bool(v)),
+    "last": MAPPING, "weights": NUMBERS.or_null(), "ema": NUMBER.or_null(), "int_policy": STRING,
+    "keep_optimizer": BOOL, "intersection": BOOL, "allow_nonfinite": BOOL, "output": PATH.or_null(),
+}
+LAST_FIELDS: dict[str, Kind] = {"n": POSITIVE, "dir": PATH}
+MERGE_FIELDS: dict[str, Kind] = {
+    "sources": MAPPING, "take": LIST, "methods": LIST.or_null(), "base": STRING.or_null(), "seed": NON_NEGATIVE_INT,
+    "keep_optimizer": BOOL, "object_graph": STRING.or_null(), "allow_nonfinite": BOOL, "output": PATH.or_null(),
+}
+TAKE_FIELDS: dict[str, Kind] = {"source": STRING, "pattern": PATTERN, "rename": RENAMES.or_null()}
+METHOD_FIELDS: dict[str, Kind] = {
+    "pattern": PATTERN, "method": STRING, "params": MAPPING.or_null(),
+    "weights": Kind("a mapping of source alias -> weight, or a list of weights",
+                    lambda v: isinstance(v, (dict, list))).or_null(),
+}
+AVERAGE_KEYS = set(AVERAGE_FIELDS)
+MERGE_KEYS = set(MERGE_FIELDS)
+TAKE_KEYS = set(TAKE_FIELDS)
+METHOD_KEYS = set(METHOD_FIELDS)
 
 
 def _renames(where: str, value: Any) -> list[tuple[str, str]]:
     """``[[pattern, replacement], ...]``, ``[{pattern:, replacement:}, ...]`` or ``{pattern: replacement}``."""
     if value is None:
         return []
+    check_value(where, value, RENAMES)
     if isinstance(value, Mapping):
-        return [(str(p), str(r)) for p, r in value.items()]
+        return list(value.items())
     pairs = []
-    for i, item in enumerate(_list(where, value)):
+    for i, item in enumerate(value):
         at = f"{where}[{i}]"
         if isinstance(item, list) and len(item) == 2:
-            pairs.append((str(item[0]), str(item[1])))
+            pairs.append((check_value(f"{at}[0]", item[0], PATTERN), check_value(f"{at}[1]", item[1], STRING)))
         else:
-            data = _mapping(at, item, {"pattern", "replacement"}, ("pattern", "replacement"))
-            pairs.append((str(data["pattern"]), str(data["replacement"])))
+            data = check_fields(at, item, {"pattern": PATTERN, "replacement": STRING}, ("pattern", "replacement"))
+            pairs.append((data["pattern"], data["replacement"]))
     return pairs
 
 
@@ -663,24 +674,18 @@ def parse_average_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str, wh
     """Check an ``average`` dict: ``checkpoints: [paths]`` or ``last: {n, dir}``, plus
     ``weights``, ``ema``, ``int_policy``, ``keep_optimizer``, ``intersection``,
     ``allow_nonfinite``, ``output``.  Unknown keys are a :class:`UsageError` naming the key."""
-    spec = _mapping(where, spec, AVERAGE_KEYS)
+    spec = check_fields(where, spec, AVERAGE_FIELDS)
     if ("checkpoints" in spec) == ("last" in spec):
         raise UsageError(f"{where}: give exactly one of 'checkpoints' (a list of paths) or 'last' ({{n, dir}})")
     if "checkpoints" in spec:
-        paths = [resolve(p) for p in _list(f"{where}.checkpoints", spec["checkpoints"])]
+        paths = [resolve(check_value(f"{where}.checkpoints[{i}]", p, PATH)) for i, p in enumerate(spec["checkpoints"])]
     else:
-        last = _mapping(f"{where}.last", spec["last"], {"n", "dir"}, ("n", "dir"))
+        last = check_fields(f"{where}.last", spec["last"], LAST_FIELDS, ("n", "dir"))
         paths = last_checkpoints(resolve(last["dir"]), last["n"])
     options: dict[str, Any] = {}
-    if spec.get("weights") is not None:
-        options["weights"] = [float(w) for w in _list(f"{where}.weights", spec["weights"])]
-    if spec.get("ema") is not None:
-        options["ema"] = float(spec["ema"])
-    if "int_policy" in spec:
-        options["int_policy"] = str(spec["int_policy"])
-    for key in ("keep_optimizer", "intersection", "allow_nonfinite"):
+    for key in ("weights", "ema", "int_policy", "keep_optimizer", "intersection", "allow_nonfinite"):
         if key in spec:
-            options[key] = _flag(f"{where}.{key}", spec[key])
+            options[key] = spec[key]
     out = _output(where, spec, output)
     return AverageSpec(paths, options, resolve(out) if out is not None else None)
 
@@ -721,43 +726,49 @@ def parse_merge_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str, wher
         allow_nonfinite: false
         output: merged/model.ckpt
     """
-    spec = _mapping(where, spec, MERGE_KEYS, ("sources", "take"))
+    spec = check_fields(where, spec, MERGE_FIELDS, ("sources", "take"))
     sources = spec["sources"]
-    if not isinstance(sources, Mapping) or not sources:
+    if not sources:
         raise UsageError(f"{where}.sources: a mapping of alias -> checkpoint path, with at least one source")
-    resolved = {str(alias): resolve(path) for alias, path in sources.items()}
+    resolved = {alias: resolve(check_value(f"{where}.sources.{alias}", path, PATH)) for alias, path in sources.items()}
     takes = []
-    for i, item in enumerate(_list(f"{where}.take", spec["take"])):
+    for i, item in enumerate(spec["take"]):
         at = f"{where}.take[{i}]"
-        data = _mapping(at, item, TAKE_KEYS, ("source", "pattern"))
+        data = check_fields(at, item, TAKE_FIELDS, ("source", "pattern"))
         try:
-            takes.append(Take(str(data["source"]), str(data["pattern"]), _renames(f"{at}.rename", data.get("rename"))))
+            takes.append(Take(data["source"], data["pattern"], _renames(f"{at}.rename", data.get("rename"))))
         except CkptSurgeryError as exc:
             raise type(exc)(f"{at}: {exc}") from None
     methods = []
-    for i, item in enumerate(_list(f"{where}.methods", spec.get("methods") or [])):
+    for i, item in enumerate(spec.get("methods", [])):
         at = f"{where}.methods[{i}]"
-        data = _mapping(at, item, METHOD_KEYS, ("pattern", "method"))
-        params = data.get("params") or {}
-        if not isinstance(params, Mapping):
-            raise UsageError(f"{at}.params: a mapping of parameter -> value, e.g. {{t: 0.5}}")
-        weights = data.get("weights")
-        if weights is not None and not isinstance(weights, (Mapping, list)):
-            raise UsageError(f"{at}.weights: a mapping of source alias -> weight, or a list")
+        data = check_fields(at, item, METHOD_FIELDS, ("pattern", "method"))
+        params = data.get("params", {})
         try:
-            methods.append(MethodRule(str(data["pattern"]), str(data["method"]), params, weights))
+            defaults = get_method(data["method"]).params
+        except CkptSurgeryError as exc:
+            raise type(exc)(f"{at}: {exc}") from None
+        for name, value in params.items():
+            if name in defaults:  # an unknown parameter is named by MethodRule below
+                check_value(f"{at}.params.{name}", value, BOOL if isinstance(defaults[name], bool) else NUMBER)
+        weights = data.get("weights")
+        if isinstance(weights, dict):
+            for alias, w in weights.items():
+                check_value(f"{at}.weights.{alias}", w, NUMBER)
+        elif weights is not None:
+            check_value(f"{at}.weights", weights, NUMBERS)
+        try:
+            methods.append(MethodRule(data["pattern"], data["method"], params, weights))
         except CkptSurgeryError as exc:
             raise type(exc)(f"{at}: {exc}") from None
     seed = spec.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UsageError(f"{where}.seed: expected a non-negative integer, got {seed!r}")
     out = _output(where, spec, output)
     return MergeSpec(
         sources=resolved, takes=takes, methods=methods,
-        base=None if spec.get("base") is None else str(spec["base"]), seed=seed,
-        keep_optimizer=_flag(f"{where}.keep_optimizer", spec.get("keep_optimizer", False)),
-        graph_from=None if spec.get("object_graph") is None else str(spec["object_graph"]),
-        allow_nonfinite=_flag(f"{where}.allow_nonfinite", spec.get("allow_nonfinite", False)),
+        base=spec.get("base"), seed=seed,
+        keep_optimizer=spec.get("keep_optimizer", False),
+        graph_from=spec.get("object_graph"),
+        allow_nonfinite=spec.get("allow_nonfinite", False),
         output=resolve(out) if out is not None else None,
     )
 
@@ -773,13 +784,12 @@ def average_plan_from_spec(spec: Mapping, *, resolve: Callable[[Any], str] = str
 
 
 def _run_spec(parsed, where: str, dry_run: bool, options: dict) -> WriteResult | Plan:
+    options = check_write_options(options, where)
     plan = parsed.plan()
-    if dry_run:
-        return plan
-    if parsed.output is None:
+    if parsed.output is None and not dry_run:
         raise UsageError(f"{where}: no output given")
     allow = parsed.options.get("allow_nonfinite", False) if isinstance(parsed, AverageSpec) else parsed.allow_nonfinite
-    return write_or_plan(plan, parsed.output, False, allow_nonfinite=allow, **options)
+    return write_or_plan(plan, parsed.output or "", dry_run, allow_nonfinite=allow, **options)
 
 
 def merge_from_spec(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str, dry_run: bool = False,

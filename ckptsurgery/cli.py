@@ -14,7 +14,8 @@ import sys
 from typing import Sequence
 
 from . import api
-from .errors import EXIT_DIFFERENT, EXIT_IO, EXIT_OK, EXIT_USAGE, CkptSurgeryError
+from .errors import (EXIT_DIFFERENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE,
+                     CkptSurgeryError)
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
 from .display import display_text
 from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
@@ -295,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("ckptsurgery: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: not an error of ours. Point stdout at
         # /dev/null so the interpreter's final flush does not complain either.
@@ -306,6 +307,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(display_text(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}"), file=sys.stderr)
         return EXIT_IO
+    except Exception as exc:  # the last resort: a bug of ours must still be one line, not a traceback
+        if args.debug:
+            raise
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Print an unexpected exception as one line and return :data:`EXIT_INTERNAL`."""
+    detail = " ".join(str(exc).split())
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    print(f"ckptsurgery: internal error: {type(exc).__name__}{': ' + detail if detail else ''}; "
+          "rerun with --debug", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

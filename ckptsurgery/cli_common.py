@@ -15,7 +15,8 @@ from .sizes import format_size
 from .plan import Plan
 from .writer import DEFAULT_MEMORY_BUDGET
 
-EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error"""
+EPILOG_EXIT_CODES = ("exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error,\n"
+                     "5 internal error (a bug: rerun with --debug and report it), 130 interrupted (Ctrl-C)")
 
 CKPT_HELP = "a checkpoint: prefix (run/model.ckpt-1000), folder, 'checkpoint' state file, .index/.data file, or SavedModel folder"
 
@@ -41,8 +42,8 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="replace an existing checkpoint at the destination")
     g.add_argument("--verify", action="store_true", default=default(False),
                    help="re-read every written value and compare before publishing")
-    g.add_argument("--no-fsync", dest="durable", action="store_false", default=default(True),
-                   help="skip fsync before publishing (faster; unsafe on power loss)")
+    g.add_argument("--fsync", dest="fsync", action=argparse.BooleanOptionalAction, default=default(True),
+                   help="fsync before publishing (default); --no-fsync is faster but unsafe on power loss")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=default(None),
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
@@ -51,7 +52,7 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="list each dropped tensor's name (the summary line counts them by kind)")
 
 
-WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "durable", "progress")
+WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "fsync", "progress")
 
 
 def write_options(args: argparse.Namespace) -> dict:

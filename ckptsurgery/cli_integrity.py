@@ -23,7 +23,7 @@ def add_commands(sub) -> None:
                "  ckptsurgery verify run/model.ckpt-1000\n"
                "  ckptsurgery verify backup/model.ckpt-1000 --against run/model.ckpt-1000\n\n"
                "exit codes: 0 all tensors intact (and equal), 1 differences with --against,\n"
-               "3 a tensor or the index is bad, 4 I/O error",
+               "3 a tensor, the index or the object graph is bad, 4 I/O error, 5 internal error, 130 interrupted",
     )
     p.add_argument("checkpoint", help=CKPT_HELP)
     p.add_argument("--against", metavar="OTHER", help="also compare every tensor with this checkpoint")

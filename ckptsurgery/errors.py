@@ -16,6 +16,9 @@ Exit codes (also in README):
       the destination is as it was (publish.py undoes even a publish
       whose state-file write failed); a message saying otherwise
       names what is left and how to recover
+5     internal error: an unexpected exception (a bug); one line,
+      ``--debug`` shows the traceback
+130   interrupted (Ctrl-C); nothing was published
 ====  ==========================================================
 """
 
@@ -26,6 +29,8 @@ EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_IO = 4
+EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130
 
 
 class CkptSurgeryError(Exception):

@@ -22,7 +22,8 @@ import numpy as np
 from .display import display_name
 from .dtypes import FLOATING, dtype_name_of_array, numpy_dtype
 from .errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
-from .objectgraph import rewrite_object_graph
+from .objectgraph import checked_object_graph, rewrite_object_graph
+from .options import check_write_options
 from .plan import OutputEntry, Plan, TensorRef
 from .source import OBJECT_GRAPH_KEY, open_checkpoint
 from .transforms import apply_steps
@@ -38,7 +39,7 @@ class WriteOptions:
     workers: int = 1
     progress: bool | None = None  # None: a bar when stderr is a terminal
     verify: bool = False  # re-read every value after writing
-    durable: bool = True  # fsync before publishing
+    fsync: bool = True  # fsync before publishing
     allow_nonfinite: bool = True
 
 
@@ -210,7 +211,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     prefix = resolve_destination(dest, [c.prefix for c in plan.sources.values()], force=options.force)
     graph_bytes = None
     if plan.object_graph is not None:
-        source_graph = plan.sources[plan.object_graph.source].read_object_graph()
+        source_graph = checked_object_graph(plan.sources[plan.object_graph.source])
         graph_bytes = rewrite_object_graph(source_graph, plan.object_graph.key_map)
 
     bar = progress_bar(plan.nbytes_out, options.progress, "writing")
@@ -226,7 +227,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
-                         durable=options.durable, on_written=bar.update, check=check,
+                         durable=options.fsync, on_written=bar.update, check=check,
                          force=options.force) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
             for number, batch in enumerate(all_batches):
@@ -263,9 +264,19 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     return WriteResult(published, len(expected), plan.nbytes_out, [r.name for r in plan.dropped])
 
 
-def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, **options: Any) -> WriteResult | Plan:
-    """What every command's API function ends with: the plan for ``dry_run``, else the written result."""
-    return plan if dry_run else execute(plan, dest, WriteOptions(**options))
+def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, *, allow_nonfinite: bool = True,
+                  **options: Any) -> WriteResult | Plan:
+    """What every command's API function ends with: the plan for ``dry_run``, else the written result.
+
+    The options are checked by name and type, and the source's object graph is
+    validated, before anything is written, dry runs included.
+    """
+    write = WriteOptions(**check_write_options(options), allow_nonfinite=allow_nonfinite)
+    if dry_run:
+        if plan.object_graph is not None:
+            checked_object_graph(plan.sources[plan.object_graph.source])
+        return plan
+    return execute(plan, dest, write)
 
 
 def check_written(prefix: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from .display import display_name
 from .errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, BadCheckpointError
 from .sizes import format_size
-from .source import Checkpoint, open_checkpoint
+from .source import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
 
 #: Per-tensor statuses.
 OK = "ok"
@@ -164,7 +164,9 @@ def verify(
             check.status, check.detail = BAD, exc.detail
             notify(check)
             continue
-        if other is not None:
+        if info.name == OBJECT_GRAPH_KEY:
+            _check_object_graph(check, value, ckpt)
+        if other is not None and check.status == OK:
             _compare(check, value, other)
         del value
         notify(check)
@@ -176,6 +178,17 @@ def verify(
                 report.tensors.append(check)
                 notify(check)
     return report
+
+
+def _check_object_graph(check: TensorCheck, value: np.ndarray, ckpt: Checkpoint) -> None:
+    """The TF2 object graph is read like any tensor, then decoded and checked against the bundle."""
+    from .objectgraph import describe_problems, graph_bytes_of, object_graph_problems
+
+    graph_bytes = graph_bytes_of(value)
+    problems = (["is not a scalar string tensor"] if graph_bytes is None
+                else object_graph_problems(graph_bytes, {t.name for t in ckpt}))
+    if problems:
+        check.status, check.detail = BAD, describe_problems(problems)
 
 
 def _compare(check: TensorCheck, value: np.ndarray, other: Checkpoint) -> None:

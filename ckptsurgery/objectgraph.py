@@ -196,3 +196,87 @@ def keras_slot_lists(graph_bytes: bytes) -> list[tuple[list[str | None] | None, 
                 slot_lists.append(elements)
         found.append((trainable, slot_lists))
     return found
+
+# -- validation: the object graph is input like any other --------------------------------------
+_MAX_LISTED = 3
+
+
+def object_graph_problems(graph_bytes: bytes, bundle_keys: set[str] | frozenset[str]) -> list[str]:
+    """What is wrong with a serialized object graph, as short phrases ([] when it is sound).
+
+    Checked: it decodes as a ``TrackableObjectGraph``; it has a root node;
+    every child, slot-variable and original-variable id names an existing
+    node; no slot variable is its own original variable or its own optimizer
+    (TF would restore a value into the variable it is a slot of); every
+    attribute's ``checkpoint_key`` is a tensor of the bundle (else
+    ``tf.train.Checkpoint.restore`` fails on it later, or our rewrite would
+    carry a dangling key).  Cycles among ``children`` are allowed: TF walks
+    the graph breadth-first with a visited set, and Python objects may refer
+    to each other.
+    """
+    pb = _proto()
+    graph = pb.TrackableObjectGraph()
+    try:
+        graph.ParseFromString(bytes(graph_bytes))
+    except Exception as exc:  # google.protobuf.message.DecodeError, or RuntimeError from the C++ parser
+        return [f"does not decode as a TrackableObjectGraph ({type(exc).__name__})"]
+    n = len(graph.nodes)
+    if n == 0:
+        return ["has no nodes (a TF2 object graph always has a root node 0)"]
+    problems: list[str] = []
+    missing: list[str] = []
+    for node_id, node in enumerate(graph.nodes):
+        for child in node.children:
+            if not 0 <= child.node_id < n:
+                problems.append(f"node {node_id} has child {child.local_name!r} -> node {child.node_id}, "
+                                f"out of range (graph has {n} nodes)")
+        for slot in node.slot_variables:
+            for what, ref in (("original variable", slot.original_variable_node_id),
+                              ("slot variable", slot.slot_variable_node_id)):
+                if not 0 <= ref < n:
+                    problems.append(f"node {node_id} has slot {slot.slot_name!r} whose {what} is node {ref}, "
+                                    f"out of range (graph has {n} nodes)")
+            if slot.slot_variable_node_id in (slot.original_variable_node_id, node_id):
+                problems.append(f"node {node_id} has slot {slot.slot_name!r} whose slot variable "
+                                f"(node {slot.slot_variable_node_id}) is its own variable or optimizer")
+        for attribute in node.attributes:
+            if attribute.checkpoint_key not in bundle_keys:
+                missing.append(attribute.checkpoint_key)
+    if missing:
+        listed = ", ".join(repr(k) for k in missing[:_MAX_LISTED]) + (" ..." if len(missing) > _MAX_LISTED else "")
+        problems.append(f"names {len(missing)} checkpoint key{'s' if len(missing) != 1 else ''} "
+                        f"that the bundle does not hold: {listed}")
+    return problems
+
+
+def describe_problems(problems: list[str]) -> str:
+    """One line for a list of :func:`object_graph_problems`."""
+    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    return f"object graph {problems[0]}{more}"
+
+
+def graph_bytes_of(value) -> bytes | None:
+    """The serialized graph held by the ``_CHECKPOINTABLE_OBJECT_GRAPH`` tensor's value, or None
+    when the tensor is not the scalar string TF writes."""
+    import numpy as np
+
+    array = np.asarray(value)
+    if array.shape != () or array.dtype != np.object_ or not isinstance(array.item(), bytes):
+        return None
+    return array.item()
+
+
+def checked_object_graph(ckpt) -> bytes:
+    """Read ``ckpt``'s object graph and validate it against its bundle before anything is planned
+    on it; raises :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) naming the file and
+    what is wrong.  Returns the serialized graph."""
+    from .errors import BadCheckpointError
+    from .source import OBJECT_GRAPH_KEY
+
+    graph_bytes = graph_bytes_of(ckpt.read(OBJECT_GRAPH_KEY))
+    if graph_bytes is None:
+        raise BadCheckpointError(ckpt.prefix, "object graph is not a scalar string tensor", OBJECT_GRAPH_KEY)
+    problems = object_graph_problems(graph_bytes, {t.name for t in ckpt})
+    if problems:
+        raise BadCheckpointError(ckpt.prefix, describe_problems(problems), OBJECT_GRAPH_KEY)
+    return graph_bytes

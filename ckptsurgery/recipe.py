@@ -25,16 +25,39 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .options import WRITE_OPTIONS, check_write_options
 from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .schema import (BOOL, MAPPING, NAME_MAP, NON_NEGATIVE_INT, PATH, PATTERN, PATTERNS, SHAPE, STRING, Kind,
+                     check_fields, check_mapping, check_value)
 
 ACTIONS = ("edit", "transfer", "average", "merge")
 TOP_KEYS = set(ACTIONS) | {"output", "options", "description"}
-OPTION_KEYS = {"memory_budget", "workers", "force", "verify", "fsync", "progress"}
+OPTION_KEYS = set(WRITE_OPTIONS)
+
+#: Bounds checked before YAML builds anything: a recipe is a page of text, not a data set.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_DEPTH = 32
+
+#: The top level of a recipe; each action's section is checked by its own table.
+TOP_FIELDS: dict[str, Kind] = {
+    "edit": MAPPING, "transfer": MAPPING, "average": MAPPING, "merge": MAPPING,
+    "output": PATH, "options": MAPPING.or_null(), "description": STRING.or_null(),
+}
+EDIT_FIELDS: dict[str, Kind] = {"source": PATH, "rules": Kind("a non-empty list of rules",
+                                                                 lambda v: isinstance(v, list) and bool(v))}
+TRANSFER_FIELDS: dict[str, Kind] = {
+    "from": PATH, "into": PATH, "rename": Kind("a list of renames", lambda v: isinstance(v, list)).or_null(),
+    "map": NAME_MAP.or_null(), "strict": BOOL, "skip_optimizer": BOOL, "report": PATH.or_null(),
+    "old_step_counters": BOOL,
+}
+PAIR_FIELDS: dict[str, Kind] = {"pattern": PATTERN, "replacement": STRING}
+CAST_FIELDS: dict[str, Kind] = {"from": STRING, "to": STRING, "pattern": PATTERN.or_null()}
+RESIZE_FIELDS: dict[str, Kind] = {"pattern": PATTERN, "shape": SHAPE, "init": STRING, "seed": NON_NEGATIVE_INT}
 
 
 def _check_keys(where: str, data: Any, allowed: set[str], required: set[str] = frozenset()) -> dict:
-    if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__}")
+    """Key names only (values are checked by :func:`ckptsurgery.schema.check_fields`)."""
+    check_mapping(where, data)
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UsageError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
@@ -44,11 +67,14 @@ def _check_keys(where: str, data: Any, allowed: set[str], required: set[str] = f
     return data
 
 
-def _pair(where: str, value: Any, keys: tuple[str, str]) -> tuple[str, str]:
-    if isinstance(value, list) and len(value) == 2:
-        return str(value[0]), str(value[1])
-    data = _check_keys(where, value, set(keys), set(keys))
-    return str(data[keys[0]]), str(data[keys[1]])
+def _pair(where: str, value: Any, keys: tuple[str, str] = ("pattern", "replacement")) -> tuple[str, str]:
+    """``[pattern, replacement]`` or ``{pattern: ..., replacement: ...}``, both strings."""
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise UsageError(f"{where}: expected [pattern, replacement], got a list of {len(value)}")
+        return check_value(f"{where}[0]", value[0], PATTERN), check_value(f"{where}[1]", value[1], STRING)
+    data = check_fields(where, value, PAIR_FIELDS, keys)
+    return data[keys[0]], data[keys[1]]
 
 
 def parse_rule(where: str, item: Any) -> Rule:
@@ -58,46 +84,104 @@ def parse_rule(where: str, item: Any) -> Rule:
     (kind, value), = item.items()
     at = f"{where}.{kind}"
     if kind == "rename":
-        return Rename(*_pair(at, value, ("pattern", "replacement")))
+        return Rename(*_pair(at, value))
     if kind == "keep":
-        return Keep([str(p) for p in (value if isinstance(value, list) else [value])])
+        check_value(at, value, PATTERNS)
+        return Keep(value if isinstance(value, list) else [value])
     if kind == "drop":
         if isinstance(value, list):
             raise UsageError(f"{at}: give one pattern per drop rule (or use a regex alternation a|b)")
-        return Drop(str(value))
+        return Drop(check_value(at, value, PATTERN))
     if kind == "drop_optimizer":
         if value is not True:
             raise UsageError(f"{at}: write 'drop_optimizer: true' (or leave the rule out)")
         return DropOptimizer()
     if kind == "cast":
-        data = _check_keys(at, value, {"from", "to", "pattern"}, {"from", "to"})
-        return Cast(str(data["from"]), str(data["to"]), data.get("pattern"))
+        data = check_fields(at, value, CAST_FIELDS, ("from", "to"))
+        return Cast(data["from"], data["to"], data.get("pattern"))
     if kind == "resize":
-        data = _check_keys(at, value, {"pattern", "shape", "init", "seed"}, {"pattern", "shape"})
+        data = check_fields(at, value, RESIZE_FIELDS, ("pattern", "shape"))
         shape = data["shape"]
         if isinstance(shape, list):
             shape = ",".join(str(d) for d in shape)
-        return Resize(str(data["pattern"]), str(shape), str(data.get("init", "zeros")), int(data.get("seed", 0)))
+        return Resize(data["pattern"], shape, data.get("init", "zeros"), data.get("seed", 0))
     raise UsageError(f"{where}: unknown rule {kind!r}; use rename, keep, drop, drop_optimizer, cast or resize")
 
 
-def load_recipe(path: str | os.PathLike) -> dict:
-    """Read and structurally check a recipe (key names only; rules are checked when parsed)."""
+class _RecipeError(Exception):
+    """Raised inside the YAML loader; :func:`load_recipe` adds the file name."""
+
+
+def _recipe_loader():
+    """A SafeLoader that refuses aliases and deep nesting while it composes, before anything is expanded.
+
+    An alias (``*a``) is where a few hundred bytes of YAML become gigabytes
+    (``[*a, *a, ...]`` ten levels deep); a recipe never needs one.  Nesting is
+    bounded so a ``[[[[...`` file is an error, not a recursion crash.
+    """
     import yaml
 
+    class RecipeLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _RecipeError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                   "allowed in recipes; write the value out")
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _RecipeError(f"line {mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return RecipeLoader
+
+
+def read_recipe_text(path: str | os.PathLike) -> str:
+    """The recipe's text: at most :data:`MAX_RECIPE_BYTES`, UTF-8, else :class:`UsageError`."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise UsageError(f"{path}: recipe larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a page of YAML")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: recipe is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def load_recipe(path: str | os.PathLike) -> dict:
+    """Read a recipe and check its top level: keys, their types, one action, the options.
+
+    Sections and rules are checked against their own tables when they are
+    parsed, all before any checkpoint is opened.
+    """
+    import yaml
+
+    text = read_recipe_text(path)
+    try:
+        data = yaml.load(text, Loader=_recipe_loader())  # noqa: S506 - a SafeLoader subclass
+    except _RecipeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
         raise UsageError(f"{path}: invalid YAML: {' '.join(str(exc).split())[:200]}") from None
-    data = _check_keys(str(path), data, TOP_KEYS, {"output"})
+    if data is None:
+        raise UsageError(f"{path}: empty recipe; it needs one of {', '.join(ACTIONS)} and an output")
+    data = check_fields(str(path), data, TOP_FIELDS)
     actions = [a for a in ACTIONS if a in data]
     if len(actions) != 1:
         raise UsageError(f"{path}: a recipe has exactly one of {', '.join(ACTIONS)} (found {len(actions)})")
-    _check_keys(f"{path}: options", data.get("options") or {}, OPTION_KEYS)
+    if "output" not in data:
+        raise UsageError(f"{path}: missing key 'output'")
+    options = data.get("options") or {}
+    _check_keys(f"{path}: options", options, OPTION_KEYS)
+    check_write_options(options, f"{path}: options")
     return data
 
 
@@ -116,37 +200,29 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
         return str(p) if os.path.isabs(str(p)) else str(base / str(p))
 
     options = dict(data.get("options") or {})
-    if "fsync" in options:
-        options["durable"] = bool(options.pop("fsync"))
-    options.update(overrides or {})
+    options.update(check_write_options(overrides or {}, "command line"))
     output = resolve(data["output"])
     action = next(a for a in ACTIONS if a in data)
     section = data[action]
     where = f"{path}: {action}"
 
     if action == "edit":
-        section = _check_keys(where, section, {"source", "rules"}, {"source", "rules"})
-        if not isinstance(section["rules"], list) or not section["rules"]:
-            raise UsageError(f"{where}.rules: a non-empty list of rules")
+        section = check_fields(where, section, EDIT_FIELDS, ("source", "rules"))
         rules = [parse_rule(f"{where}.rules[{i}]", item) for i, item in enumerate(section["rules"])]
         return api.edit(resolve(section["source"]), output, rules, dry_run=dry_run, **options), None
 
     if action == "transfer":
-        section = _check_keys(where, section, {"from", "into", "rename", "map", "strict", "skip_optimizer", "report",
-                                               "old_step_counters"}, {"from", "into"})
-        renames = [Rename(*_pair(f"{where}.rename[{i}]", r, ("pattern", "replacement")))
-                   for i, r in enumerate(section.get("rename") or [])]
+        section = check_fields(where, section, TRANSFER_FIELDS, ("from", "into"))
+        renames = [Rename(*_pair(f"{where}.rename[{i}]", r)) for i, r in enumerate(section.get("rename", []))]
         name_map = section.get("map")
         if isinstance(name_map, str):
             from .warmstart import load_name_map
 
             name_map = load_name_map(resolve(name_map))
-        elif name_map is not None and not isinstance(name_map, dict):
-            raise UsageError(f"{where}.map: a mapping of old name -> new name, or a file path")
         result, report = api.transfer(resolve(section["from"]), resolve(section["into"]), output, rules=renames,
-                                      name_map=name_map, strict=bool(section.get("strict", False)),
-                                      skip_optimizer=bool(section.get("skip_optimizer", False)),
-                                      old_step_counters=bool(section.get("old_step_counters", False)),
+                                      name_map=name_map, strict=section.get("strict", False),
+                                      skip_optimizer=section.get("skip_optimizer", False),
+                                      old_step_counters=section.get("old_step_counters", False),
                                       dry_run=dry_run, **options)
         if section.get("report") and not dry_run:
             report.write(resolve(section["report"]))
