@@ -48,6 +48,12 @@ class OutputEntry:
     method: str | None = None
     method_params: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    @property
+    def passthrough(self) -> bool:
+        """Same dtype, shape and value as its one input (only the name may change): the
+        executor may copy its bytes instead of decoding it (see :mod:`ckptsurgery.bytepath`)."""
+        return self.method is None and not self.steps and len(self.inputs) == 1
+
     def to_json(self) -> dict:
         return {
             "name": self.name,
@@ -129,6 +135,9 @@ class Plan:
         if self.object_graph is not None:
             how = "rewritten to match" if self.object_graph.key_map else "carried unchanged"
             lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, {how})")
+        from .bytepath import describe
+
+        lines.append(describe(self))
         lines.append(
             f"plan: {len(self.entries)} tensors out, {len(self.dropped)} dropped; "
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
