@@ -42,13 +42,19 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="re-read every written value and compare before publishing")
     g.add_argument("--no-fsync", dest="durable", action="store_false", default=default(True),
                    help="skip fsync before publishing (faster; unsafe on power loss)")
+    g.add_argument("--no-crc-check", dest="crc_check", action="store_false", default=default(True),
+                   help="copy unchanged tensors without checking their CRC32C (faster; corruption is carried, "
+                        "never created, and stays detectable by `verify`)")
+    g.add_argument("--tf-path", dest="byte_path", action="store_const", const=False, default=default(None),
+                   help="decode every tensor through TensorFlow instead of copying unchanged ones as bytes "
+                        "(also: CKPTSURGERY_BYTE_PATH=0)")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=default(None),
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
     g.add_argument("--json", action="store_true", help="print the plan or result as JSON")
 
 
-WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "durable", "progress")
+WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "durable", "progress", "crc_check", "byte_path")
 
 
 def write_options(args: argparse.Namespace) -> dict:

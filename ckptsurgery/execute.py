@@ -278,7 +278,10 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
 
 def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, **options: Any) -> WriteResult | Plan:
     """What every command's API function ends with: the plan for ``dry_run``, else the written result."""
-    return plan if dry_run else execute(plan, dest, WriteOptions(**options))
+    if dry_run:
+        plan.byte_path = options.get("byte_path")
+        return plan
+    return execute(plan, dest, WriteOptions(**options))
 
 
 def check_written(prefix: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:

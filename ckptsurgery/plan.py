@@ -88,6 +88,7 @@ class Plan:
     entries: list[OutputEntry]
     object_graph: ObjectGraphRewrite | None = None
     dropped: list[TensorRef] = field(default_factory=list)
+    byte_path: bool | None = None  # the write option, for --dry-run's byte-path line (None: the environment)
 
     @property
     def nbytes_in(self) -> int:
@@ -137,7 +138,7 @@ class Plan:
             lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, {how})")
         from .bytepath import describe
 
-        lines.append(describe(self))
+        lines.append(describe(self, self.byte_path))
         lines.append(
             f"plan: {len(self.entries)} tensors out, {len(self.dropped)} dropped; "
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
