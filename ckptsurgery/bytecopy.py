@@ -130,16 +130,26 @@ class ShardOutput:
             self.fd = -1
 
 
+class SourceReadError(Exception):
+    """An input data shard could not be opened or read (an input problem, not the destination's)."""
+
+
 class ShardInput:
     """One input data shard, open for ranged reads."""
 
     def __init__(self, path: str):
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.device = os.fstat(self.fd).st_dev
+        try:
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self.device = os.fstat(self.fd).st_dev
+        except OSError as exc:
+            raise SourceReadError(f"cannot open data shard: {exc.strerror or exc}") from None
 
     def read(self, offset: int, size: int) -> bytes:
-        data = os.pread(self.fd, size, offset)
+        try:
+            data = os.pread(self.fd, size, offset)
+        except OSError as exc:
+            raise SourceReadError(f"cannot read data shard: {exc.strerror or exc}") from None
         if len(data) != size:
             raise EOFError(f"data shard ends at {offset + len(data)}, inside a tensor that needs {offset + size}")
         return data

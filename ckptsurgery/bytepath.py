@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass
 
 from .bundle_index import DT_STRING, BundleIndex, IndexEntry, dtype_name, validate_checkpoint
-from .bytecopy import encode_string_tensor
+from .bytecopy import ChecksumMismatch, ShardInput, SourceReadError, decode_string_scalar, encode_string_tensor
+from .errors import BadCheckpointError
 from .plan import OutputEntry, Plan
 from .source import OBJECT_GRAPH_KEY, Checkpoint
 
@@ -133,3 +134,27 @@ def encode_object_graph(graph_bytes: bytes) -> tuple[IndexEntry, bytes]:
     """A rewritten object graph as a string scalar we encode ourselves: its entry and its bytes."""
     data, crc = encode_string_tensor([graph_bytes])
     return IndexEntry(OBJECT_GRAPH_KEY, DT_STRING, (), 0, 0, len(data), crc), data
+
+
+def read_object_graph(plan: Plan) -> bytes | None:
+    """The source's serialized object graph, read from its data shard (CRC32C checked), no TF.
+
+    None when the source is not a V2 bundle we parsed; the caller then asks TF's reader.
+    """
+    graph = plan.object_graph
+    index = source_bundle(plan.sources[graph.source]) if graph is not None else None
+    stored = index.entries.get(OBJECT_GRAPH_KEY) if index is not None else None
+    if stored is None or stored.dtype != DT_STRING or stored.shape != ():
+        return None
+    path = index.data_path(stored.shard_id)
+    try:
+        shard = ShardInput(path)
+    except SourceReadError as exc:
+        raise BadCheckpointError(path, str(exc), OBJECT_GRAPH_KEY) from None
+    try:
+        return decode_string_scalar(shard.read(stored.offset, stored.size), stored)
+    except (ChecksumMismatch, EOFError, SourceReadError, IndexError) as exc:
+        raise BadCheckpointError(path, f"the object graph's bytes are corrupt or unreadable ({exc})",
+                                 OBJECT_GRAPH_KEY) from None
+    finally:
+        shard.close()

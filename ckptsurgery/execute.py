@@ -24,7 +24,7 @@ from .errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
 from .objectgraph import rewrite_object_graph
 from .plan import OutputEntry, Plan, TensorRef
 from .source import OBJECT_GRAPH_KEY, open_checkpoint
-from .bytepath import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor
+from .bytepath import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from .transforms import apply_steps
 from .writer import DEFAULT_MEMORY_BUDGET, ShardWriter, resolve_destination
 
@@ -215,7 +215,8 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     graph_raw = object_graph_raw(plan) if byte_path else None
     graph_bytes = None
     if plan.object_graph is not None and graph_raw is None:
-        source_graph = plan.sources[plan.object_graph.source].read_object_graph()
+        source_graph = (read_object_graph(plan) if byte_path else None) \
+            or plan.sources[plan.object_graph.source].read_object_graph()
         graph_bytes = rewrite_object_graph(source_graph, plan.object_graph.key_map)
 
     bar = progress_bar(plan.nbytes_out, options.progress, "writing")

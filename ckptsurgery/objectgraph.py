@@ -20,9 +20,9 @@ from collections.abc import Mapping
 
 
 def _proto():
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    from .protos import object_graph_protos  # TF's fields, without importing TensorFlow
 
-    return trackable_object_graph_pb2
+    return object_graph_protos()
 
 
 def rewrite_object_graph(graph_bytes: bytes, key_map: Mapping[str, str | None]) -> bytes:

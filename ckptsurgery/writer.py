@@ -41,7 +41,7 @@ from .dtypes import dtype_name_of_array
 from .errors import BadCheckpointError, CkptSurgeryError, OutputError
 from .bundle_index import IndexEntry, data_filename, encode_slice_key, read_index
 from .bundle_writer import write_index
-from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, copy_entry_bytes
+from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes
 from .fileio import DONTNEED, advise
 from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
 from .sizes import parse_size
@@ -341,10 +341,10 @@ class RawGroups:
                                                "is corrupt; nothing was published", part.describe()) from None
             except EOFError as exc:
                 raise BadCheckpointError(path, f"{exc}: the data shard is truncated", part.describe()) from None
-            except OSError as exc:
-                if is_disk_full(exc) or exc.filename is None or os.fspath(exc.filename) != path:
-                    raise _write_error(self.writer.dest_prefix, exc) from None
-                raise BadCheckpointError(path, f"cannot read data shard: {exc.strerror}", part.describe()) from None
+            except SourceReadError as exc:
+                raise BadCheckpointError(path, str(exc), part.describe()) from None
+            except OSError as exc:  # writing the destination
+                raise _write_error(self.writer.dest_prefix, exc) from None
             self.entries[self._group].append(replace(part, name=name, key=key, shard_id=self._group, offset=offset))
             self.writer._on_written(part.size)
 

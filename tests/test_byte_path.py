@@ -253,3 +253,74 @@ def test_our_index_encodes_every_entry_as_tensorflow_did(tf1_ckpt, tf2_ckpt):
             want.ParseFromString(theirs[key])
             got.ParseFromString(ours[key])
             assert got == want, key
+
+
+# -- no TensorFlow when no tensor is decoded ------------------------------------------------------
+NO_TF_SCRIPT = """
+import sys
+import ckptsurgery as cs
+from ckptsurgery import publish
+state_files = []
+publish.update_state_file = state_files.append  # the folder's state file is written through TF (publish.py)
+src1, src2, out = sys.argv[1:4]
+cs.inspect(src1)
+cs.copy(src1, out + "/copy/m", progress=False)
+cs.edit(src1, out + "/slim/m", [cs.DropOptimizer(), cs.Rename("^embed/", "emb/")], progress=False)
+cs.edit(src2, out + "/tf2/m", [cs.Rename("^model/head/", "model/top/")], progress=False)  # object graph rewritten
+assert len(state_files) == 3, state_files
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+def test_pass_through_plans_run_without_importing_tensorflow(tf1_ckpt, tf2_ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, tf1_ckpt, tf2_ckpt[0], str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tensorflow imported: False" in result.stdout
+    assert tf_values(str(tmp_path / "copy" / "m")) == tf_values(tf1_ckpt)
+    fresh = TinyModel(seed=5)
+    tf.train.Checkpoint(model=fresh).restore(str(tmp_path / "tf2" / "m")).assert_consumed()
+    assert_same_variables(tf2_ckpt[1], fresh)
+
+
+def test_our_protos_declare_tensorflows_fields():
+    from tensorflow.core.protobuf import tensor_bundle_pb2, trackable_object_graph_pb2
+
+    from ckptsurgery.protos import bundle_protos, object_graph_protos
+
+    def fields(descriptor, seen=None) -> dict:
+        out = {}
+        for f in descriptor.fields:
+            kind = f.message_type.name if f.message_type else f.type
+            if f.enum_type is not None and f.name == "dtype":
+                kind = "varint"  # TF's DataType enum, declared as its number
+            elif f.type in (f.TYPE_INT32, f.TYPE_ENUM) and f.enum_type is None and f.name == "dtype":
+                kind = "varint"
+            out[f.number] = (f.name, kind, f.is_repeated)
+            if f.message_type is not None and f.message_type.full_name != descriptor.full_name:
+                out[f.number] += (fields(f.message_type),)
+        return out
+
+    pairs = [(tensor_bundle_pb2.BundleHeaderProto, bundle_protos().BundleHeaderProto),
+             (tensor_bundle_pb2.BundleEntryProto, bundle_protos().BundleEntryProto),
+             (trackable_object_graph_pb2.TrackableObjectGraph, object_graph_protos().TrackableObjectGraph)]
+    for theirs, ours in pairs:
+        assert fields(ours.DESCRIPTOR) == fields(theirs.DESCRIPTOR), theirs.DESCRIPTOR.full_name
+
+
+def test_corrupt_object_graph_is_refused_whether_carried_or_rewritten(tf2_ckpt, tmp_path):
+    bad = copy_files(tf2_ckpt[0], tmp_path / "bad")
+    flip_in(bad, OBJECT_GRAPH_KEY)
+    with pytest.raises(BadCheckpointError, match="CRC32C") as carried:
+        cs.copy(bad, tmp_path / "copy" / "m", progress=False)
+    with pytest.raises(BadCheckpointError, match="object graph") as rewritten:
+        cs.edit(bad, tmp_path / "edit" / "m", [cs.Rename("^model/head/", "model/top/")], progress=False)
+    assert carried.value.tensor == rewritten.value.tensor == OBJECT_GRAPH_KEY
+    for folder in (tmp_path / "copy", tmp_path / "edit"):
+        assert not folder.exists() or list(folder.iterdir()) == [], "nothing may be published"
