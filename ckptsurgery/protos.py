@@ -21,7 +21,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wr
 
 _F = descriptor_pb2.FieldDescriptorProto
 _TYPES = {"int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "fixed32": _F.TYPE_FIXED32, "string": _F.TYPE_STRING,
-          "bool": _F.TYPE_BOOL}
+          "bool": _F.TYPE_BOOL, "double": _F.TYPE_DOUBLE}
 
 
 def _message(container, name: str, fields: list[tuple], oneofs: tuple[str, ...] = ()):
@@ -86,6 +86,9 @@ def _classes() -> SimpleNamespace:
                                                     (3, "checkpoint_key", "string")])
     _message(node.nested_type, "SlotVariableReference", [
         (1, "original_variable_node_id", "int32"), (2, "slot_name", "string"), (3, "slot_variable_node_id", "int32")])
+    _message(f.message_type, "CheckpointState", [
+        (1, "model_checkpoint_path", "string"), (2, "all_model_checkpoint_paths", "string", True),
+        (3, "all_model_checkpoint_timestamps", "double", True), (4, "last_preserved_timestamp", "double")])
     pool.Add(f)
 
     def cls(name: str):
@@ -93,7 +96,7 @@ def _classes() -> SimpleNamespace:
 
     return SimpleNamespace(**{name: cls(name) for name in (
         "BundleHeaderProto", "BundleEntryProto", "TensorShapeProto", "TensorSliceProto", "VersionDef",
-        "TrackableObjectGraph")})
+        "TrackableObjectGraph", "CheckpointState")})
 
 
 def bundle_protos() -> SimpleNamespace:
@@ -104,3 +107,8 @@ def bundle_protos() -> SimpleNamespace:
 def object_graph_protos() -> SimpleNamespace:
     """``TrackableObjectGraph``, as :mod:`objectgraph` needs it."""
     return _classes()
+
+
+def checkpoint_state_class():
+    """``CheckpointState`` (the folder's ``checkpoint`` text proto), for reading and writing it without TF."""
+    return _classes().CheckpointState

@@ -291,17 +291,16 @@ def test_pass_through_plans_run_without_importing_tensorflow(tf1_ckpt, tf2_ckpt,
 
 def test_our_protos_declare_tensorflows_fields():
     from tensorflow.core.protobuf import tensor_bundle_pb2, trackable_object_graph_pb2
+    from tensorflow.python.training import checkpoint_state_pb2
 
-    from ckptsurgery.protos import bundle_protos, object_graph_protos
+    from ckptsurgery.protos import bundle_protos, checkpoint_state_class, object_graph_protos
 
     def fields(descriptor, seen=None) -> dict:
         out = {}
         for f in descriptor.fields:
             kind = f.message_type.name if f.message_type else f.type
-            if f.enum_type is not None and f.name == "dtype":
-                kind = "varint"  # TF's DataType enum, declared as its number
-            elif f.type in (f.TYPE_INT32, f.TYPE_ENUM) and f.enum_type is None and f.name == "dtype":
-                kind = "varint"
+            if f.name == "dtype":
+                kind = "varint"  # TF's DataType enum, which we declare as its number
             out[f.number] = (f.name, kind, f.is_repeated)
             if f.message_type is not None and f.message_type.full_name != descriptor.full_name:
                 out[f.number] += (fields(f.message_type),)
@@ -309,7 +308,8 @@ def test_our_protos_declare_tensorflows_fields():
 
     pairs = [(tensor_bundle_pb2.BundleHeaderProto, bundle_protos().BundleHeaderProto),
              (tensor_bundle_pb2.BundleEntryProto, bundle_protos().BundleEntryProto),
-             (trackable_object_graph_pb2.TrackableObjectGraph, object_graph_protos().TrackableObjectGraph)]
+             (trackable_object_graph_pb2.TrackableObjectGraph, object_graph_protos().TrackableObjectGraph),
+             (checkpoint_state_pb2.CheckpointState, checkpoint_state_class())]
     for theirs, ours in pairs:
         assert fields(ours.DESCRIPTOR) == fields(theirs.DESCRIPTOR), theirs.DESCRIPTOR.full_name
 
