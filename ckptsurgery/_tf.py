@@ -14,17 +14,43 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from types import ModuleType
 
 
+_import_lock = threading.Lock()
+_quiet = False  # set by the CLI: hide TF's C++ start-up lines whenever TF ends up imported
+
+
 @functools.lru_cache(maxsize=None)
-def tf() -> ModuleType:
-    """Import TensorFlow once, with its Python logging turned down."""
+def _import_tf() -> ModuleType:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow  # noqa: PLC0415 - deliberate lazy import
 
     tensorflow.get_logger().setLevel("ERROR")
     return tensorflow
+
+
+def tf() -> ModuleType:
+    """Import TensorFlow once, with its Python logging turned down (quietly, see :func:`quiet_when_imported`)."""
+    if _import_tf.cache_info().currsize:
+        return _import_tf()
+    with _import_lock:  # one import; and stderr redirected by one thread at a time
+        if _quiet and not os.environ.get("CKPTSURGERY_TF_LOGS") and not _import_tf.cache_info().currsize:
+            with _stderr_fd_silenced():
+                module = _import_tf()
+                module.constant(0)  # device discovery (CUDA probing) logs here
+            return module
+        return _import_tf()
+
+
+def quiet_when_imported() -> None:
+    """CLI: import TF only if a command decodes a tensor, and then hide its C++ start-up chatter.
+
+    Commands whose plans only copy bytes (and ``inspect``) then never pay the import.
+    """
+    global _quiet
+    _quiet = True
 
 
 @contextlib.contextmanager
@@ -48,7 +74,5 @@ def import_quietly() -> ModuleType:
     """
     if os.environ.get("CKPTSURGERY_TF_LOGS"):
         return tf()
-    with _stderr_fd_silenced():
-        module = tf()
-        module.constant(0)  # device discovery (CUDA probing) logs here
-    return module
+    quiet_when_imported()
+    return tf()

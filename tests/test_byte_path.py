@@ -324,3 +324,20 @@ def test_corrupt_object_graph_is_refused_whether_carried_or_rewritten(tf2_ckpt, 
     assert carried.value.tensor == rewritten.value.tensor == OBJECT_GRAPH_KEY
     for folder in (tmp_path / "copy", tmp_path / "edit"):
         assert not folder.exists() or list(folder.iterdir()) == [], "nothing may be published"
+
+
+def test_cli_inspect_and_dry_run_import_no_tensorflow(tf1_ckpt, tmp_path):
+    """The CLI imports TF only when a tensor is decoded."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = ("import sys; from ckptsurgery.cli import main; rc = main(sys.argv[1:]); "
+              "print('tensorflow imported:', 'tensorflow' in sys.modules); sys.exit(rc)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for argv in (["inspect", tf1_ckpt], ["copy", tf1_ckpt, str(tmp_path / "o" / "m"), "--dry-run"]):
+        result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "tensorflow imported: False" in result.stdout, argv
