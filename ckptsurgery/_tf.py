@@ -2,10 +2,11 @@
 
 Importing TensorFlow takes seconds and prints start-up noise, so commands
 like ``--help`` and plan validation must not pay for it.  Everything that
-needs TF calls :func:`tf` at the point of use.  The CLI additionally calls
-:func:`import_quietly`, which hides the C++ start-up lines (oneDNN, CUDA
-probing) that ``TF_CPP_MIN_LOG_LEVEL`` no longer silences, so the user sees
-our one-line messages and nothing else.
+needs TF calls :func:`tf` at the point of use, so commands that decode no
+tensor (``inspect``, byte-path copies) never import it.  The CLI calls
+:func:`quiet_when_imported`: if TF is imported later, the C++ start-up lines
+(oneDNN, CUDA probing) that ``TF_CPP_MIN_LOG_LEVEL`` no longer silences are
+hidden, so the user sees our one-line messages and nothing else.
 """
 
 from __future__ import annotations
