@@ -102,10 +102,10 @@ def _classify(plan: Plan, entry: OutputEntry) -> tuple[RawTensor | None, str | N
     return RawTensor(index, stored, tuple(parts)), None
 
 
-def describe(plan: Plan, option: bool | None = None) -> str:
-    """One line for ``--dry-run``: how many tensors move as bytes, how many are decoded, and why."""
+def summary(plan: Plan, option: bool | None = None) -> dict:
+    """For ``--dry-run --json``: is the byte path on, how many tensors move as bytes, why the rest are decoded."""
     if not byte_path_enabled(option):
-        return f"byte path: off ({ENV_SWITCH}=0 or --tf-path): every tensor is decoded through TensorFlow"
+        return {"enabled": False, "bytes": 0, "decoded": {"byte path off": len(plan.entries)}}
     reasons: dict[str, int] = {}
     raw = 0
     for entry in plan.entries:
@@ -114,9 +114,17 @@ def describe(plan: Plan, option: bool | None = None) -> str:
             raw += 1
         else:
             reasons[reason] = reasons.get(reason, 0) + 1
-    decoded = sum(reasons.values())
-    why = "; ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
-    return (f"byte path: {raw} tensors copied as bytes, {decoded} decoded through TensorFlow"
+    return {"enabled": True, "bytes": raw, "decoded": dict(sorted(reasons.items()))}
+
+
+def describe(plan: Plan, option: bool | None = None) -> str:
+    """One line for ``--dry-run``: how many tensors move as bytes, how many are decoded, and why."""
+    counts = summary(plan, option)
+    if not counts["enabled"]:
+        return f"byte path: off ({ENV_SWITCH}=0 or --tf-path): every tensor is decoded through TensorFlow"
+    decoded = sum(counts["decoded"].values())
+    why = "; ".join(f"{count} {reason}" for reason, count in counts["decoded"].items())
+    return (f"byte path: {counts['bytes']} tensors copied as bytes, {decoded} decoded through TensorFlow"
             + (f" ({why})" if why else ""))
 
 

@@ -113,6 +113,7 @@ class Plan:
             "tensors_out": len(self.entries),
             "nbytes_in": self.nbytes_in,
             "nbytes_out": self.nbytes_out,
+            "byte_path": _byte_path_summary(self),
         }
 
     def render(self) -> str:
@@ -144,6 +145,12 @@ class Plan:
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
         )
         return "\n".join(lines)
+
+
+def _byte_path_summary(plan: Plan) -> dict:
+    from .bytepath import summary
+
+    return summary(plan, plan.byte_path)
 
 
 def out_nbytes(dtype: str, shape: tuple[int, ...], nbytes_in: int) -> int:

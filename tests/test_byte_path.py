@@ -166,7 +166,9 @@ def test_dry_run_says_which_tensors_move_as_bytes(tf1_ckpt, tmp_path):
     plan = cs.edit(tf1_ckpt, tmp_path / "o" / "m", [cs.Cast("float32", "float16", "^encoder/dense/kernel$")],
                    dry_run=True)
     assert "byte path: 16 tensors copied as bytes, 1 decoded through TensorFlow (1 computed)" in plan.render()
+    assert plan.to_json()["byte_path"] == {"enabled": True, "bytes": 16, "decoded": {"computed": 1}}
     off = cs.copy(tf1_ckpt, tmp_path / "o" / "m", dry_run=True, byte_path=False)
+    assert off.to_json()["byte_path"]["enabled"] is False
     assert "byte path: off" in off.render()
     result = run_cli("copy", tf1_ckpt, tmp_path / "o" / "m", "--dry-run", "--tf-path")
     assert result.returncode == 0 and "byte path: off" in result.stdout, result.stderr
