@@ -2,14 +2,15 @@
 
 Importing TensorFlow takes seconds and prints start-up noise, so commands
 like ``--help`` and plan validation must not pay for it.  Everything that
-needs TF calls :func:`tf` at the point of use.  The CLI additionally calls
-:func:`import_quietly`, which keeps TensorFlow's C++ logging quiet for the
-whole run, so the user sees our one-line messages and nothing else: the
-start-up lines (CUDA probing) that ``TF_CPP_MIN_LOG_LEVEL`` does not reach
-are hidden while TF loads, and the level is raised to 3 before the import so
-errors TF logs later (e.g. ``oneDNN supports DT_HALF only on platforms with
-AVX-512`` on the first float16 op) stay silent too.  Fatal errors (a
-``CHECK`` failure that aborts the process) are still printed.
+needs TF calls :func:`tf` at the point of use, so commands that decode no
+tensor (``inspect``, byte-path copies) never import it.  The CLI calls
+:func:`quiet_when_imported`: if TF is imported later, the C++ start-up lines
+(oneDNN, CUDA probing) that ``TF_CPP_MIN_LOG_LEVEL`` no longer silences are
+hidden, and the C++ log level is raised to 3 before the import so errors TF
+logs later (e.g. ``oneDNN supports DT_HALF only on platforms with AVX-512``
+on the first float16 op) stay silent too: the user sees our one-line
+messages and nothing else.  Fatal errors (a ``CHECK`` failure that aborts
+the process) are still printed.  ``CKPTSURGERY_TF_LOGS=1`` shows TF's logs.
 """
 
 from __future__ import annotations
@@ -18,17 +19,48 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from types import ModuleType
 
 
+_import_lock = threading.Lock()
+_quiet = False  # set by the CLI: hide TF's C++ start-up lines whenever TF ends up imported
+
+
 @functools.lru_cache(maxsize=None)
-def tf() -> ModuleType:
-    """Import TensorFlow once, with its Python logging turned down."""
+def _import_tf() -> ModuleType:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow  # noqa: PLC0415 - deliberate lazy import
 
     tensorflow.get_logger().setLevel("ERROR")
     return tensorflow
+
+
+def tf() -> ModuleType:
+    """Import TensorFlow once, with its Python logging turned down (quietly, see :func:`quiet_when_imported`)."""
+    if _import_tf.cache_info().currsize:
+        return _import_tf()
+    with _import_lock:  # one import; and stderr redirected by one thread at a time
+        if _quiet and not os.environ.get("CKPTSURGERY_TF_LOGS") and not _import_tf.cache_info().currsize:
+            with _stderr_fd_silenced():
+                module = _import_tf()
+                module.constant(0)  # device discovery (CUDA probing) logs here
+            return module
+        return _import_tf()
+
+
+def quiet_when_imported() -> None:
+    """CLI: import TF only if a command decodes a tensor, and then hide its C++ start-up chatter.
+
+    Commands whose plans only copy bytes (and ``inspect``) then never pay the import.
+    """
+    global _quiet
+    if os.environ.get("CKPTSURGERY_TF_LOGS"):
+        return
+    _quiet = True
+    # TF reads the level once, at its first log line, so it is set before any import; the CLI
+    # owns its stderr, so it overrides a level the environment set.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # errors too: only FATAL passes
 
 
 @contextlib.contextmanager
@@ -44,19 +76,3 @@ def _stderr_fd_silenced():
         os.close(saved)
         os.close(devnull)
 
-
-def import_quietly() -> ModuleType:
-    """Import TF and initialise its runtime with C++ stderr chatter hidden (CLI only).
-
-    Set ``CKPTSURGERY_TF_LOGS=1`` to see TensorFlow's own logs (start-up and
-    later).  TF reads ``TF_CPP_MIN_LOG_LEVEL`` once, at its first log line,
-    so it must be set before the import; the CLI owns its stderr, so it
-    overrides a level the environment set.
-    """
-    if os.environ.get("CKPTSURGERY_TF_LOGS"):
-        return tf()
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # errors too: only FATAL passes
-    with _stderr_fd_silenced():
-        module = tf()
-        module.constant(0)  # device discovery (CUDA probing) logs here
-    return module

@@ -249,11 +249,12 @@ class _Malformed(Exception):
 
 
 def _pb2() -> Any:
-    """Import the bundle protos lazily: importing ``tensorflow.core...`` runs
-    ``tensorflow/__init__`` (seconds), which e.g. ``--help`` should not pay."""
-    from tensorflow.core.protobuf import tensor_bundle_pb2
+    """The bundle protos, declared in :mod:`ckptsurgery.protos`: importing TF's own
+    ``tensorflow.core...`` runs ``tensorflow/__init__`` (seconds), which reading an
+    index should not pay."""
+    from ckptsurgery.protos import bundle_protos
 
-    return tensor_bundle_pb2
+    return bundle_protos()
 
 
 # ---------------------------------------------------------------------------

@@ -285,9 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if getattr(args, "needs_tensorflow", True):
-            from ._tf import import_quietly
+            from ._tf import quiet_when_imported
 
-            import_quietly()
+            quiet_when_imported()  # TF is imported when a tensor must be decoded, not before
         return int(args.func(args) or 0)
     except CkptSurgeryError as exc:
         if args.debug:

@@ -44,6 +44,12 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="re-read every written value and compare before publishing")
     g.add_argument("--fsync", dest="fsync", action=argparse.BooleanOptionalAction, default=default(True),
                    help="fsync before publishing (default); --no-fsync is faster but unsafe on power loss")
+    g.add_argument("--no-crc-check", dest="crc_check", action="store_false", default=default(True),
+                   help="copy unchanged tensors without checking their CRC32C (faster; corruption is carried, "
+                        "never created, and stays detectable by `verify`)")
+    g.add_argument("--tf-path", dest="byte_path", action="store_const", const=False, default=default(None),
+                   help="decode every tensor through TensorFlow instead of copying unchanged ones as bytes "
+                        "(also: CKPTSURGERY_BYTE_PATH=0)")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=default(None),
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
@@ -52,7 +58,7 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="list each dropped tensor's name (the summary line counts them by kind)")
 
 
-WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "fsync", "progress")
+WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "fsync", "progress", "crc_check", "byte_path")
 
 
 def write_options(args: argparse.Namespace) -> dict:

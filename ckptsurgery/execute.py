@@ -26,6 +26,7 @@ from .objectgraph import checked_object_graph, rewrite_object_graph
 from .options import check_write_options
 from .plan import OutputEntry, Plan, TensorRef
 from .source import OBJECT_GRAPH_KEY, open_checkpoint
+from .bytepath import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from .transforms import apply_steps
 from .writer import DEFAULT_MEMORY_BUDGET, ShardWriter, resolve_destination
 
@@ -41,6 +42,8 @@ class WriteOptions:
     verify: bool = False  # re-read every value after writing
     fsync: bool = True  # fsync before publishing
     allow_nonfinite: bool = True
+    crc_check: bool = True  # check the CRC32C of every byte copied (see bytecopy)
+    byte_path: bool | None = None  # None: unless CKPTSURGERY_BYTE_PATH=0; False: decode all through TF
 
 
 @dataclass
@@ -95,7 +98,7 @@ def produce(plan: Plan, entry: OutputEntry, already_read: dict[TensorRef, Any] |
 
 def is_passthrough(entry: OutputEntry) -> bool:
     """An entry whose value is one input tensor unchanged (a copy, a rename, a transfer)."""
-    return entry.method is None and not entry.steps and len(entry.inputs) == 1
+    return entry.passthrough
 
 
 def saved_parts(plan: Plan, entry: OutputEntry) -> list[str]:
@@ -209,14 +212,20 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     """Write ``plan`` to ``dest``; publish atomically or leave nothing behind."""
     options = options or WriteOptions()
     prefix = resolve_destination(dest, [c.prefix for c in plan.sources.values()], force=options.force)
+    byte_path = byte_path_enabled(options.byte_path)
+    raw = {e.name: r for e in plan.entries if byte_path and (r := raw_tensor(plan, e)) is not None}
+    graph_raw = object_graph_raw(plan) if byte_path else None
     graph_bytes = None
     if plan.object_graph is not None:
-        source_graph = checked_object_graph(plan.sources[plan.object_graph.source])
-        graph_bytes = rewrite_object_graph(source_graph, plan.object_graph.key_map)
+        # Validated even when copied as bytes: the graph is input like any other.
+        source_graph = checked_object_graph(plan.sources[plan.object_graph.source],
+                                            read_object_graph(plan) if byte_path else None)
+        if graph_raw is None:
+            graph_bytes = rewrite_object_graph(source_graph, plan.object_graph.key_map)
 
     bar = progress_bar(plan.nbytes_out, options.progress, "writing")
     expected = {e.name: (e.dtype, tuple(e.shape)) for e in plan.entries}
-    if graph_bytes is not None:
+    if plan.object_graph is not None:
         expected[OBJECT_GRAPH_KEY] = ("string", ())
 
     def check(merged_prefix: str) -> None:
@@ -228,13 +237,17 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
-                         force=options.force) as writer:
+                         force=options.force, own_index=byte_path, crc_check=options.crc_check) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
-                inputs = read_batch(plan, batch, writer.budget, readers)
+                decoded = [e for e in batch if e.name not in raw]
+                inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
                 for entry in batch:
+                    if entry.name in raw:
+                        writer.add_raw(entry.name, raw[entry.name])
+                        continue
                     parts = saved_parts(plan, entry)
                     if parts:
                         copy_parts(plan, entry, parts, writer)
@@ -255,7 +268,11 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                     del value
                 writer.flush()  # one batch, one group: memory is the batch read plus the group in flight
                 del inputs
-            if graph_bytes is not None:
+            if graph_raw is not None:
+                writer.add_raw(OBJECT_GRAPH_KEY, graph_raw)
+            elif graph_bytes is not None and byte_path:
+                writer.add_encoded(OBJECT_GRAPH_KEY, *encode_object_graph(graph_bytes))
+            elif graph_bytes is not None:
                 writer.add(OBJECT_GRAPH_KEY, np.array(graph_bytes, dtype=object))
             published = writer.finish()
     finally:
@@ -273,8 +290,10 @@ def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, *, allow_n
     """
     write = WriteOptions(**check_write_options(options), allow_nonfinite=allow_nonfinite)
     if dry_run:
+        plan.byte_path = write.byte_path
         if plan.object_graph is not None:
-            checked_object_graph(plan.sources[plan.object_graph.source])
+            checked_object_graph(plan.sources[plan.object_graph.source],
+                                 read_object_graph(plan) if byte_path_enabled(write.byte_path) else None)
         return plan
     return execute(plan, dest, write)
 
@@ -298,7 +317,11 @@ def verify_values(plan: Plan, prefix: str) -> None:
     written = open_checkpoint(prefix)
     for entry in plan.entries:
         want = produce(plan, entry)
-        got = written.read(entry.name)
+        try:
+            got = written.read(entry.name)
+        except BadCheckpointError as exc:  # e.g. copied bytes that fail their checksum
+            raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} does not read back "
+                              f"({exc.detail}); nothing published") from None
         same = np.array_equal(want, got) if want.dtype == np.object_ else (
             want.shape == got.shape and want.dtype == got.dtype and want.tobytes() == got.tobytes())
         if not same:

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 
 
 def _proto():
-    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    from .protos import object_graph_protos  # TF's fields, without importing TensorFlow
 
-    return trackable_object_graph_pb2
+    return object_graph_protos()
 
 
 def rewrite_object_graph(graph_bytes: bytes, key_map: Mapping[str, str | None]) -> bytes:
@@ -266,14 +266,18 @@ def graph_bytes_of(value) -> bytes | None:
     return array.item()
 
 
-def checked_object_graph(ckpt) -> bytes:
-    """Read ``ckpt``'s object graph and validate it against its bundle before anything is planned
-    on it; raises :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) naming the file and
-    what is wrong.  Returns the serialized graph."""
+def checked_object_graph(ckpt, graph_bytes: bytes | None = None) -> bytes:
+    """Validate ``ckpt``'s object graph against its bundle before anything is planned on it.
+
+    ``graph_bytes`` is the graph when the caller already read it (the byte path
+    reads it without TensorFlow); otherwise it is read through ``ckpt``.
+    Raises :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) naming the
+    file and what is wrong.  Returns the serialized graph."""
     from .errors import BadCheckpointError
     from .source import OBJECT_GRAPH_KEY
 
-    graph_bytes = graph_bytes_of(ckpt.read(OBJECT_GRAPH_KEY))
+    if graph_bytes is None:
+        graph_bytes = graph_bytes_of(ckpt.read(OBJECT_GRAPH_KEY))
     if graph_bytes is None:
         raise BadCheckpointError(ckpt.prefix, "object graph is not a scalar string tensor", OBJECT_GRAPH_KEY)
     problems = object_graph_problems(graph_bytes, {t.name for t in ckpt})

@@ -72,6 +72,11 @@ WRITE_OPTIONS: dict[str, WriteOption] = {o.name: o for o in (
                 "fsync before publishing"),
     WriteOption("progress", "true, false or null (a bar when stderr is a terminal)",
                 lambda v: v is None or isinstance(v, bool), None, "show a progress bar"),
+    WriteOption("crc_check", "true or false", lambda v: isinstance(v, bool), True,
+                "check the CRC32C of every byte copied unchanged"),
+    WriteOption("byte_path", "true, false or null (on unless CKPTSURGERY_BYTE_PATH=0)",
+                lambda v: v is None or isinstance(v, bool), None,
+                "copy unchanged tensors as bytes; false decodes every tensor through TensorFlow"),
 )}
 
 

@@ -52,6 +52,12 @@ class OutputEntry:
     method_params: dict[str, Any] = field(default_factory=dict, hash=False)
     note: str = ""  # why this entry changed beyond its own rules, e.g. "slot of dense/kernel"
 
+    @property
+    def passthrough(self) -> bool:
+        """Same dtype, shape and value as its one input (only the name may change): the
+        executor may copy its bytes instead of decoding it (see :mod:`ckptsurgery.bytepath`)."""
+        return self.method is None and not self.steps and len(self.inputs) == 1
+
     def to_json(self) -> dict:
         out = {
             "name": self.name,
@@ -89,6 +95,7 @@ class Plan:
     entries: list[OutputEntry]
     object_graph: ObjectGraphRewrite | None = None
     dropped: list[TensorRef] = field(default_factory=list)
+    byte_path: bool | None = None  # the write option, for --dry-run's byte-path line (None: the environment)
 
     @property
     def nbytes_in(self) -> int:
@@ -113,6 +120,7 @@ class Plan:
             "tensors_out": len(self.entries),
             "nbytes_in": self.nbytes_in,
             "nbytes_out": self.nbytes_out,
+            "byte_path": _byte_path_summary(self),
         }
 
     def render(self) -> str:
@@ -138,11 +146,20 @@ class Plan:
         if self.object_graph is not None:
             how = "rewritten to match" if self.object_graph.key_map else "carried unchanged"
             lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, {how})")
+        from .bytepath import describe
+
+        lines.append(describe(self, self.byte_path))
         lines.append(
             f"plan: {len(self.entries)} tensors out, {len(self.dropped)} dropped; "
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
         )
         return "\n".join(display_name(line) for line in lines)  # one line per entry: names are input
+
+
+def _byte_path_summary(plan: Plan) -> dict:
+    from .bytepath import summary
+
+    return summary(plan, plan.byte_path)
 
 
 def out_nbytes(dtype: str, shape: tuple[int, ...], nbytes_in: int) -> int:

@@ -294,12 +294,7 @@ def _dtype_enum_names() -> dict[int, str]:
     """DataType enum value -> our dtype name, from TF's own proto."""
     global _ENUM_NAMES
     if _ENUM_NAMES is None:
-        from tensorflow.core.framework import types_pb2
+        from .bundle_index import _DTYPES  # TF's types.proto values, kept without importing TF
 
-        _ENUM_NAMES = {}
-        for enum_name, value in types_pb2.DataType.items():
-            if enum_name.endswith("_REF") or enum_name == "DT_INVALID":
-                continue
-            name = enum_name[3:].lower()
-            _ENUM_NAMES[value] = {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
+        _ENUM_NAMES = {value: name for value, (name, _) in _DTYPES.items()}
     return _ENUM_NAMES

@@ -13,24 +13,41 @@ plus the largest single tensor, whatever the model's size.
 ``MergeV2Checkpoints`` (a metadata merge: data files are renamed, not
 copied), checks the result against what was added, and publishes it
 atomically (see :mod:`ckptsurgery.publish`).
+
+On the byte path (``own_index=True``) unchanged tensors arrive as byte
+ranges of an input shard (:meth:`ShardWriter.add_raw`): they are copied into
+*raw groups*, data shards of at most a budget each, written by the caller's
+thread in chunks while the ``SaveV2`` groups save in the workers.  ``finish``
+then writes the final index itself (:mod:`ckptsurgery.bundle_writer`): the
+raw groups' entries and those of the ``SaveV2`` groups' own indexes, every
+data file renamed to its final shard number; no ``MergeV2Checkpoints``, and
+no TensorFlow at all when every tensor was copied as bytes.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ._tf import tf
 from . import faults
 from .dtypes import dtype_name_of_array
-from .errors import CkptSurgeryError, OutputError
+from .errors import BadCheckpointError, CkptSurgeryError, OutputError
+from .bundle_index import IndexEntry, data_filename, encode_slice_key, read_index
+from .bundle_writer import write_index
+from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes
 from .fileio import DONTNEED, advise
 from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
 from .sizes import parse_size
+
+if TYPE_CHECKING:
+    from .bytepath import RawTensor
 
 DEFAULT_MEMORY_BUDGET = "128MB"
 
@@ -82,6 +99,8 @@ class ShardWriter:
         on_written: Callable[[int], None] | None = None,
         check: Callable[[str], None] | None = None,
         force: bool = False,
+        own_index: bool = False,
+        crc_check: bool = True,
     ):
         self.dest_prefix = os.path.abspath(dest_prefix)
         self.force = force  # replace a checkpoint found at the destination when publishing
@@ -99,6 +118,9 @@ class ShardWriter:
         self._prefixes: list[str] = []
         self._names: set[tuple[str, str]] = set()
         self.published: str | None = None
+        self.own_index = own_index
+        self.crc_check = crc_check
+        self._raw: RawGroups | None = None
 
     # -- lifecycle --------------------------------------------------------
     def __enter__(self) -> "ShardWriter":
@@ -125,6 +147,8 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Stop, discard the staging folder, leave the destination as it was."""
+        if self._raw is not None:
+            self._raw.close_files()
         if self._pool is not None:
             for future in self._in_flight:
                 future.cancel()
@@ -153,6 +177,40 @@ class ShardWriter:
         self._group.append((name, array, slice_spec))
         self._group_bytes += nbytes
 
+    def add_raw(self, name: str, raw: "RawTensor") -> None:
+        """Copy an unchanged tensor's bytes (``raw``, see :mod:`ckptsurgery.bytepath`) under ``name``.
+
+        Its CRC32C is checked while the bytes stream (unless ``crc_check`` is
+        off); a mismatch refuses the input, and nothing is published.
+        """
+        if not self.own_index:
+            raise OutputError(f"{self.dest_prefix}: byte copies need a writer that writes its own index")
+        self._claim(name)
+        self._raw_groups().add(name, raw)
+
+    def add_encoded(self, name: str, entry: "IndexEntry", data: bytes) -> None:
+        """Write a tensor we encoded ourselves (``entry`` gives dtype, shape, size and CRC32C)."""
+        self._claim(name)
+        self._raw_groups().add_encoded(name, entry, data)
+
+    def _claim(self, name: str) -> None:
+        if (name, "") in self._names:
+            raise OutputError(f"{self.dest_prefix}: tensor {name!r} written twice")
+        self._names.add((name, ""))
+
+    def _raw_groups(self) -> "RawGroups":
+        assert self._staging is not None, "call open() first"
+        if self._raw is None:
+            self._raw = RawGroups(self)
+        return self._raw
+
+    def _new_group_prefix(self) -> str:
+        """Reserve the next group number (raw and ``SaveV2`` groups share the numbering)."""
+        assert self._staging is not None
+        prefix = self._staging.group_prefix(len(self._prefixes))
+        self._prefixes.append(prefix)
+        return prefix
+
     def flush(self) -> None:
         """Hand the current group to a worker now (the caller's batch ends here).
 
@@ -163,8 +221,7 @@ class ShardWriter:
             return
         assert self._pool is not None and self._staging is not None
         self._wait(keep=self.workers - 1)  # bound memory: at most `workers` groups in flight
-        prefix = self._staging.group_prefix(len(self._prefixes))
-        self._prefixes.append(prefix)
+        prefix = self._new_group_prefix()
         group, nbytes = self._group, self._group_bytes
         self._group, self._group_bytes = [], 0
         self._in_flight.append(self._pool.submit(self._save_group, prefix, group, nbytes))
@@ -202,12 +259,18 @@ class ShardWriter:
         self.flush()
         self._wait()
         merged = self._staging.merged_prefix
-        tf_ = tf()
         try:
+            if self._raw is not None:
+                self._raw.close_group()
+                self._raw.close_files()
             faults.at("before-merge")
-            tf_.raw_ops.MergeV2Checkpoints(
-                checkpoint_prefixes=self._prefixes, destination_prefix=merged, delete_old_dirs=True
-            )
+            if self.own_index:
+                raw_entries, metadata = (self._raw.entries, self._raw.metadata) if self._raw else ({}, [])
+                merge_groups(self._prefixes, raw_entries, merged, metadata)
+            else:
+                tf().raw_ops.MergeV2Checkpoints(
+                    checkpoint_prefixes=self._prefixes, destination_prefix=merged, delete_old_dirs=True
+                )
             faults.at("after-merge")
         except Exception as exc:
             raise _write_error(self.dest_prefix, exc) from None
@@ -231,6 +294,137 @@ class ShardWriter:
                 self._pool.shutdown(wait=True)
                 self._pool = None
         return self.published
+
+
+class RawGroups:
+    """The byte path's data shards: unchanged tensors copied in, at most a budget per shard.
+
+    One raw group is open at a time; it closes when the next tensor part would
+    take it over the budget (a bigger part gets a group of its own), like a
+    ``SaveV2`` group, so the output's shard layout does not depend on the path.
+    """
+
+    def __init__(self, writer: ShardWriter):
+        self.writer = writer
+        #: group number -> the index entries of the bytes copied into it (shard_id = group number)
+        self.entries: dict[int, list[IndexEntry]] = {}
+        #: entries with no bytes of their own: partitioned variables' full entries
+        self.metadata: list[IndexEntry] = []
+        self._out: ShardOutput | None = None
+        self._group = -1
+        self._inputs: dict[str, ShardInput] = {}
+
+    def _output_for(self, size: int) -> ShardOutput:
+        if self._out is not None and self._out.size and self._out.size + size > self.writer.budget:
+            self.close_group()
+        if self._out is None:
+            prefix = self.writer._new_group_prefix()
+            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+            self._group = len(self.writer._prefixes) - 1
+            self._out = ShardOutput(prefix + ".data-00000-of-00001")
+            self.entries[self._group] = []
+        return self._out
+
+    def _input(self, path: str) -> ShardInput:
+        if path not in self._inputs:
+            self._inputs[path] = ShardInput(path)
+        return self._inputs[path]
+
+    def add(self, name: str, raw: "RawTensor") -> None:
+        if raw.entry.slices:
+            self.metadata.append(replace(raw.entry, name=name, key=name.encode("utf-8")))
+        for part in raw.parts:
+            key = encode_slice_key(name, part.slices[0]) if part.is_slice else name.encode("utf-8")
+            path = raw.index.data_path(part.shard_id)
+            try:
+                out = self._output_for(part.size)
+                offset = copy_entry_bytes(self._input(path), part, out, crc_check=self.writer.crc_check)
+            except ChecksumMismatch as exc:
+                raise BadCheckpointError(path, f"tensor bytes fail their CRC32C check ({exc}): the checkpoint "
+                                               "is corrupt; nothing was published", part.describe()) from None
+            except EOFError as exc:
+                raise BadCheckpointError(path, f"{exc}: the data shard is truncated", part.describe()) from None
+            except SourceReadError as exc:
+                raise BadCheckpointError(path, str(exc), part.describe()) from None
+            except OSError as exc:  # writing the destination
+                raise _write_error(self.writer.dest_prefix, exc) from None
+            self.entries[self._group].append(replace(part, name=name, key=key, shard_id=self._group, offset=offset))
+            self.writer._on_written(part.size)
+
+    def add_encoded(self, name: str, entry: "IndexEntry", data: bytes) -> None:
+        try:
+            out = self._output_for(len(data))
+            offset = out.size
+            out.write(data)
+        except OSError as exc:
+            raise _write_error(self.writer.dest_prefix, exc) from None
+        self.entries[self._group].append(replace(entry, name=name, key=name.encode("utf-8"),
+                                                 shard_id=self._group, offset=offset, size=len(data)))
+
+    def close_group(self) -> None:
+        """Finish the open raw group: its shard is complete (the ``group-saved`` moment)."""
+        if self._out is None:
+            return
+        path = self._out.path
+        try:
+            self._out.close()
+            self._out = None
+            faults.at("group-saved")
+        except OSError as exc:
+            raise _write_error(self.writer.dest_prefix, exc) from None
+        if self.writer.durable:
+            advise(path, DONTNEED)
+
+    def close_files(self) -> None:
+        """Close every file descriptor (after finishing, or on abort)."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        for shard in self._inputs.values():
+            shard.close()
+        self._inputs.clear()
+
+
+def merge_groups(prefixes: list[str], raw_entries: dict[int, list[IndexEntry]], merged: str,
+                 metadata: list[IndexEntry] = ()) -> None:
+    """Join raw groups and ``SaveV2`` groups into one bundle at ``merged``, with our own index.
+
+    Group ``i``'s data file becomes shard ``i`` of ``len(prefixes)``; a
+    ``SaveV2`` group's entries come from its index (parsed and checked by
+    :func:`~ckptsurgery.bundle_index.read_index`), a raw group's from
+    ``raw_entries``.  The full entries of partitioned variables split over
+    groups are joined (their slices listed once), as ``MergeV2Checkpoints`` does.
+    """
+    total = len(prefixes)
+    Path(merged).parent.mkdir(parents=True, exist_ok=True)
+    by_key: dict[bytes, IndexEntry] = {}
+
+    def put(entry: IndexEntry) -> None:
+        have = by_key.get(entry.key)
+        if have is None:
+            by_key[entry.key] = entry
+        elif have.slices and entry.slices and not have.is_slice and not entry.is_slice:
+            by_key[entry.key] = replace(have, slices=have.slices + tuple(s for s in entry.slices if s not in have.slices))
+        else:
+            raise OutputError(f"{merged}: tensor {entry.describe()!r} written twice")
+
+    for entry in metadata:
+        put(entry)
+    for group, prefix in enumerate(prefixes):
+        if group in raw_entries:
+            entries = raw_entries[group]
+        else:
+            index = read_index(prefix)
+            if index.num_shards != 1:
+                raise OutputError(f"{prefix}: a saved group has {index.num_shards} data shards, expected 1")
+            entries = [replace(e, shard_id=group) for e in index.data_entries()]
+            entries += [e for e in index.entries.values() if not e.has_data]
+        for entry in entries:
+            put(entry)
+        os.replace(data_filename(prefix, 0, 1), data_filename(merged, group, total))
+    write_index(merged, total, by_key.values())
+    for prefix in prefixes:
+        shutil.rmtree(Path(prefix).parent, ignore_errors=True)
 
 
 def _start_writeback(prefix: str) -> None:

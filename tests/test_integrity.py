@@ -225,6 +225,8 @@ def test_verify_refuses_to_publish_a_corrupted_write(tf1_ckpt, tmp_path, monkeyp
     """--verify re-reads every written value: a value altered on the way is caught before publishing."""
     from ckptsurgery.writer import ShardWriter
 
+    monkeypatch.setenv("CKPTSURGERY_BYTE_PATH", "0")  # the values go through add(); the byte path: test_byte_path
+
     add = ShardWriter.add
 
     def corrupting_add(self, name, array, *args, **kwargs):
