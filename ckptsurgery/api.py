@@ -48,6 +48,7 @@ def inspect(path: PathLike) -> dict:
 def copy(
     src: PathLike, dst: str | os.PathLike, *, dry_run: bool = False, memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     workers: int = 1, force: bool = False, verify: bool = False, fsync: bool = True, progress: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None,
 ) -> WriteResult | Plan:
     """Rewrite ``src`` at ``dst`` unchanged, in streaming shards.
 
@@ -55,7 +56,7 @@ def copy(
         src: the checkpoint to copy (prefix, folder, state file, any of its files, or a Checkpoint).
         dst: destination prefix; an existing folder or a path ending in ``/`` gets SRC's base name.
         dry_run: return the :class:`Plan` without reading tensor data or writing anything.
-        memory_budget, workers, force, verify, fsync, progress: the write options
+        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path: the write options
             (see :data:`ckptsurgery.options.WRITE_OPTIONS`), the same names as the
             ``--memory-budget``... flags and a recipe's ``options:``.
 
@@ -69,7 +70,7 @@ def copy(
         OutputError: DST exists (without ``force``), is an input, or cannot be written.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path)
     check_write_options(write)
     return write_or_plan(plan_edit(open_checkpoint(src), []), dst, dry_run, **write)
 
@@ -78,6 +79,7 @@ def edit(
     src: PathLike, dst: str | os.PathLike, rules: Sequence[Rule], *, dry_run: bool = False,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET, workers: int = 1, force: bool = False, verify: bool = False,
     fsync: bool = True, progress: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None,
 ) -> WriteResult | Plan:
     """Apply ``rules`` (Rename, Keep, Drop, DropOptimizer, Cast, Resize) in order, in one pass.
 
@@ -95,7 +97,7 @@ def edit(
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path)
     check_write_options(write)
     return write_or_plan(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, **write)
 
@@ -105,6 +107,7 @@ def transfer(
     name_map: dict[str, str] | None = None, strict: bool = False, skip_optimizer: bool = False,
     old_step_counters: bool = False, dry_run: bool = False, memory_budget: int | str = DEFAULT_MEMORY_BUDGET, workers: int = 1, force: bool = False,
     verify: bool = False, fsync: bool = True, progress: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None,
 ):
     """Give the new model OLD's values where names, shapes and dtypes match.
 
@@ -136,7 +139,7 @@ def transfer(
     from .warmstart import plan_transfer, transfer_into_variables
 
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path)
     check_write_options(write)
     for flag, value in (("strict", strict), ("skip_optimizer", skip_optimizer), ("dry_run", dry_run)):
         if not isinstance(value, bool):
@@ -176,14 +179,14 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True):
 def run_recipe(
     path: str | os.PathLike, *, dry_run: bool = False, memory_budget: int | str | None = None,
     workers: int | None = None, force: bool | None = None, verify: bool | None = None, fsync: bool | None = None,
-    progress: bool | None = None,
+    progress: bool | None = None, crc_check: bool | None = None, byte_path: bool | None = None,
 ):
     """Run a YAML recipe.
 
     Args:
         path: the recipe file (its paths are relative to its folder).
         dry_run: return the plan; read no tensor data, write nothing.
-        memory_budget, workers, force, verify, fsync, progress: write options that win over the
+        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path: write options that win over the
             recipe's ``options:``; None (the default) leaves the recipe's value (or the default).
 
     Returns:
@@ -197,7 +200,8 @@ def run_recipe(
     """
     from .recipe import run_recipe as _run
 
-    given = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync)
+    given = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
+                 crc_check=crc_check, byte_path=byte_path)
     overrides = {k: v for k, v in given.items() if v is not None}
     if progress is not None:
         overrides["progress"] = progress

@@ -555,19 +555,22 @@ def average(
     verify: bool = False,
     fsync: bool = True,
     progress: bool | None = None,
+    crc_check: bool = True,
+    byte_path: bool | None = None,
 ) -> WriteResult | Plan:
     """Average ``checkpoints`` into ``out`` (see :func:`plan_average`), streaming.
 
     A result with NaN or Inf raises :class:`NonFiniteError` naming the tensor
     unless ``allow_nonfinite``.  ``memory_budget``, ``workers``, ``force``,
-    ``verify``, ``fsync`` and ``progress`` are the write options (see
+    ``verify``, ``fsync``, ``progress``, ``crc_check`` and ``byte_path`` are the write options (see
     :mod:`ckptsurgery.options`), checked before anything is read;
     ``dry_run=True`` returns the plan.  For the last N saves of a run::
 
         average(last_checkpoints("runs/bert/", 5), "runs/bert-avg/model.ckpt")
     """
     options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
-                                       fsync=fsync, progress=progress))
+                                       fsync=fsync, progress=progress,
+                                       crc_check=crc_check, byte_path=byte_path))
     plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
                         keep_optimizer=keep_optimizer, intersection=intersection)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
@@ -591,6 +594,8 @@ def merge(
     verify: bool = False,
     fsync: bool = True,
     progress: bool | None = None,
+    crc_check: bool = True,
+    byte_path: bool | None = None,
 ) -> WriteResult | Plan:
     """Merge parts of several ``sources`` (alias -> checkpoint) into ``out`` (see :func:`plan_merge`).
 
@@ -601,7 +606,8 @@ def merge(
               methods=[MethodRule("^decoder/", "linear", weights={"a": 0.3, "b": 0.7})])
     """
     options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
-                                       fsync=fsync, progress=progress))
+                                       fsync=fsync, progress=progress,
+                                       crc_check=crc_check, byte_path=byte_path))
     plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
                       graph_from=graph_from)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
