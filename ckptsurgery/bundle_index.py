@@ -126,13 +126,26 @@ def _make_crc_tables() -> tuple[list[int], ...]:
 _CRC_TABLES = _make_crc_tables()
 
 
+try:  # C implementation (GB/s): a 5 MB index of 200k entries is checked in milliseconds
+    import google_crc32c as _fast_crc
+except ImportError:  # pragma: no cover - a declared dependency; the pure-Python path stays correct
+    _fast_crc = None
+
+
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC32C of ``data``, continuing from ``crc`` (like ``crc32c::Extend``).
 
-    Pure Python so validation never needs TF's C++ code; slice-by-8 (eight
-    bytes per loop iteration) makes it ~15 MB/s, plenty for index files of a
-    few MB and for string-length tables.
+    Uses ``google_crc32c`` (C) when installed, else pure Python, so
+    validation never needs TF's C++ code; slice-by-8 (eight bytes per loop
+    iteration) makes the fallback ~15 MB/s.
     """
+    if _fast_crc is not None:
+        return _fast_crc.extend(crc, bytes(data) if not isinstance(data, bytes) else data)
+    return _crc32c_python(data, crc)
+
+
+def _crc32c_python(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """Pure-Python slice-by-8 CRC32C (the fallback of :func:`crc32c`)."""
     t0, t1, t2, t3, t4, t5, t6, t7 = _CRC_TABLES
     mv = memoryview(data).cast("B")
     n = len(mv)
@@ -248,12 +261,18 @@ class _Malformed(Exception):
         self.tensor = tensor
 
 
-def _pb2() -> Any:
-    """Import the bundle protos lazily: importing ``tensorflow.core...`` runs
-    ``tensorflow/__init__`` (seconds), which e.g. ``--help`` should not pay."""
-    from tensorflow.core.protobuf import tensor_bundle_pb2
+_PB2: Any = None
 
-    return tensor_bundle_pb2
+
+def _pb2() -> Any:
+    """The bundle protos, built without TensorFlow: importing ``tensorflow.core...`` runs
+    ``tensorflow/__init__`` (seconds, hundreds of MB), which ``inspect`` should not pay."""
+    global _PB2
+    if _PB2 is None:
+        from ckptsurgery.bundle_protos import bundle_pb2
+
+        _PB2 = bundle_pb2()
+    return _PB2
 
 
 # ---------------------------------------------------------------------------
@@ -398,9 +417,13 @@ def _parse_block(block: bytes, what: str) -> list[tuple[bytes, bytes]]:
     p = 0
     while p < limit:
         start = p
-        shared, p = _varint(block, p, limit, 5, what)
-        non_shared, p = _varint(block, p, limit, 5, what)
-        vlen, p = _varint(block, p, limit, 5, what)
+        if p + 3 <= limit and block[p] < 0x80 and block[p + 1] < 0x80 and block[p + 2] < 0x80:
+            shared, non_shared, vlen = block[p], block[p + 1], block[p + 2]  # the common case: 1-byte varints
+            p += 3
+        else:
+            shared, p = _varint(block, p, limit, 5, what)
+            non_shared, p = _varint(block, p, limit, 5, what)
+            vlen, p = _varint(block, p, limit, 5, what)
         if shared > len(key):
             raise _Malformed(f"{what}: entry at {start} shares {shared} bytes of a {len(key)}-byte key")
         if non_shared > limit - p or vlen > limit - p - non_shared:
@@ -601,7 +624,7 @@ def format_slice(extents: tuple[tuple[int, int], ...]) -> str:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     """One tensor (or one slice of a partitioned TF1 variable) in the index.
 
@@ -771,11 +794,13 @@ def _check_entry(
     if dt == DT_RESOURCE or (dt == DT_VARIANT and not allow_variant):
         raise _Malformed(f"entry has unsupported dtype {dtype_name(dt)}", who)
 
-    if e.shape.unknown_rank:
+    shape_proto = e.shape
+    if shape_proto.unknown_rank:
         raise _Malformed("entry has a shape of unknown rank", who)
-    if len(e.shape.dim) > MAX_RANK:
-        raise _Malformed(f"entry has rank {len(e.shape.dim)} (more than {MAX_RANK})", who)
-    shape = tuple(d.size for d in e.shape.dim)
+    dims = shape_proto.dim
+    if len(dims) > MAX_RANK:
+        raise _Malformed(f"entry has rank {len(dims)} (more than {MAX_RANK})", who)
+    shape = tuple([d.size for d in dims]) if dims else ()
     for d in shape:
         if d < 0:
             raise _Malformed(f"entry has an unknown or negative dimension in shape {list(shape)}", who)
@@ -794,7 +819,7 @@ def _check_entry(
     if e.offset < 0 or e.size < 0:
         raise _Malformed(f"entry has a negative offset or size ({e.offset}, {e.size})", who)
 
-    full_slices = tuple(_extents_of(s) for s in e.slices)
+    full_slices = tuple(_extents_of(s) for s in e.slices) if e.slices else ()
     if is_slice and full_slices:
         raise _Malformed("slice entry itself lists slices", who)
     if full_slices:
@@ -1073,10 +1098,12 @@ def validate_checkpoint(
 
 def _check_shards(index: BundleIndex, check_strings: bool) -> None:
     shard_sizes: dict[int, int] = {}
+    shard_paths: dict[int, str] = {}
     for entry in index.data_entries():
         sid = entry.shard_id
-        shard = index.data_path(sid)
-        if sid not in shard_sizes:
+        shard = shard_paths.get(sid)
+        if shard is None:
+            shard = shard_paths[sid] = index.data_path(sid)
             st = _stat_regular(
                 shard,
                 "data shard",

@@ -37,7 +37,7 @@ _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _STEP = re.compile(r"-(\d+)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """What the index says about one tensor; no data is read to know it."""
 
@@ -220,19 +220,27 @@ class Checkpoint:
         self._index = index  # offsets and shards, for read-ahead hints
         dtype_names = _dtype_enum_names()
         infos: dict[str, TensorInfo] = {}
-        for entry in index.entries.values():
+        sizes = {code: (name, itemsize(name)) for code, name in dtype_names.items() if name in KNOWN}
+        for entry in index.entries.values():  # a hot loop: 200k entries are real, keep it lean
             if entry.is_slice:
                 continue
-            dtype = dtype_names.get(entry.dtype)
-            if dtype not in KNOWN:
+            known = sizes.get(entry.dtype)
+            if known is None:
                 raise BadCheckpointError(self.prefix + ".index", f"unsupported dtype enum {entry.dtype}", entry.name)
-            shape = tuple(int(d) for d in entry.shape)
-            partitioned = bool(entry.slices)
+            dtype, size = known
+            shape = entry.shape  # a tuple of ints already, checked by bundle_index
             # Strings vary per element, so only the index knows their size.
-            nbytes = entry.size if dtype == "string" else math.prod(shape) * itemsize(dtype)
-            infos[entry.name] = TensorInfo(entry.name, dtype, shape, int(nbytes), partitioned,
-                                           tuple(tuple(map(tuple, extents)) for extents in entry.slices))
-        return dict(sorted(infos.items()))
+            nbytes = entry.size if dtype == "string" else math.prod(shape) * size
+            if entry.slices:
+                infos[entry.name] = TensorInfo(entry.name, dtype, shape, nbytes, True,
+                                               tuple(tuple(map(tuple, extents)) for extents in entry.slices))
+            else:
+                infos[entry.name] = TensorInfo(entry.name, dtype, shape, nbytes)
+        # Entries come in key (byte) order; sort by str only if that differs (non-ASCII names).
+        names = list(infos)
+        if any(a > b for a, b in zip(names, names[1:])):
+            infos = dict(sorted(infos.items()))
+        return infos
 
     def _list_v1_tensors(self) -> dict[str, TensorInfo]:
         from .v1_checkpoint import V1Checkpoint
@@ -404,15 +412,10 @@ _ENUM_NAMES: dict[int, str] | None = None
 
 
 def _dtype_enum_names() -> dict[int, str]:
-    """DataType enum value -> our dtype name, from TF's own proto."""
+    """DataType enum value -> our dtype name (TF's names: ``float32``, ``bfloat16``, ``string``)."""
     global _ENUM_NAMES
     if _ENUM_NAMES is None:
-        from tensorflow.core.framework import types_pb2
+        from .bundle_index import _DTYPES  # TF's own table, kept there so no TF import is needed
 
-        _ENUM_NAMES = {}
-        for enum_name, value in types_pb2.DataType.items():
-            if enum_name.endswith("_REF") or enum_name == "DT_INVALID":
-                continue
-            name = enum_name[3:].lower()
-            _ENUM_NAMES[value] = {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
+        _ENUM_NAMES = {value: name for value, (name, _) in _DTYPES.items()}
     return _ENUM_NAMES
