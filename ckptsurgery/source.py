@@ -153,23 +153,51 @@ def _prefix_from_state_file(state_file: Path) -> tuple[str, str]:
     try:
         text_format.Parse(text, state, allow_unknown_field=True)
     except Exception as exc:  # text_format.ParseError and friends
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        detail = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = "".join(c if c.isprintable() else "?" for c in detail)  # the file's bytes, quoted
         raise BadCheckpointError(where, f"unreadable checkpoint state file: {detail}") from None
     named = state.model_checkpoint_path
     if not named:
         raise BadCheckpointError(where, "checkpoint state file names no model_checkpoint_path")
     prefix = named if os.path.isabs(named) else os.path.join(str(state_file.parent), named)
     shown = named if len(named) <= 200 else named[:200] + "..."
+    folder = state_file.parent
     try:
-        if "\x00" not in prefix and Path(prefix + ".index").is_file():
-            return prefix, "v2"
-        v1 = _v1_pattern(prefix) if "\x00" not in prefix else None
+        nul = "\x00" in prefix
+        is_v2 = not nul and Path(prefix + ".index").is_file()
+        v1 = None if nul or is_v2 else _v1_pattern(prefix)
     except (OSError, ValueError):
-        v1 = None
+        is_v2, v1 = False, None
+    if _outside(prefix, folder):
+        return _moved_checkpoint(where, prefix, folder, shown)
+    if is_v2:
+        return prefix, "v2"
     if v1 is not None:
         return v1, "v1"
     raise BadCheckpointError(where, f"state file points to {shown!r}, which is not a checkpoint "
                                     "(no .index file beside it, not a V1 checkpoint file)")
+
+
+def _outside(prefix: str, folder: Path) -> bool:
+    """True when ``prefix`` does not lie in ``folder`` (after resolving symlinks and '..')."""
+    try:
+        return Path(os.path.realpath(os.path.dirname(prefix) or ".")) != Path(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return True
+
+
+def _moved_checkpoint(where: str, prefix: str, folder: Path, shown: str) -> tuple[str, str]:
+    """A state file naming a checkpoint in another folder: the folder was copied or moved
+    (TF writes absolute paths), so the same name inside this folder is meant; reading the
+    other folder's checkpoint would silently read the wrong run."""
+    local = str(folder / os.path.basename(prefix))
+    if Path(local + ".index").is_file():
+        return local, "v2"
+    v1 = _v1_pattern(local)
+    if v1 is not None:
+        return v1, "v1"
+    raise BadCheckpointError(where, f"state file points outside its folder, to {shown!r}, and the folder holds no "
+                                    f"{os.path.basename(prefix)!r}; give the checkpoint's path instead")
 
 
 def _prefix_in_folder(folder: Path) -> tuple[str, str]:
