@@ -43,6 +43,7 @@ is allocated.
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import stat
@@ -1028,13 +1029,16 @@ def _parse_index(prefix: str, data: bytes, allow_variant: bool) -> BundleIndex:
         if ent.size:
             by_shard.setdefault(ent.shard_id, []).append(ent)
     for shard_entries in by_shard.values():
-        shard_entries.sort(key=lambda x: x.offset)
+        shard_entries.sort(key=_by_offset)
         for a, b in zip(shard_entries, shard_entries[1:]):
             if a.offset + a.size > b.offset:
                 raise _Malformed(
                     f"entry overlaps {a.describe()!r} in data shard {a.shard_id}", b.describe()
                 )
     return BundleIndex(prefix, num_shards, entries, slice_entries)
+
+
+_by_offset = operator.attrgetter("offset")
 
 
 def _check_string_lengths(path: str, entry: IndexEntry) -> None:

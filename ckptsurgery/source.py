@@ -51,6 +51,8 @@ class TensorInfo:
 
     def slice_specs(self) -> list[str]:
         """TF's ``shape_and_slices`` strings for each saved part (``"10 3 0,4:0,3"``)."""
+        if not self.slices:
+            return []  # asked of every tensor by the executor: keep the common case free
         dims = " ".join(str(d) for d in self.shape)
         return [f"{dims} " + ":".join("-" if length < 0 else f"{start},{length}" for start, length in extents)
                 for extents in self.slices]
