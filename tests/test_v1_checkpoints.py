@@ -45,7 +45,7 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-@pytest.mark.parametrize("how", ["file", "folder", "pattern", "shard"])
+@pytest.mark.parametrize("how", ["file", "pattern"])  # folder and shard: see the next test
 def test_v1_checkpoint_copies_to_v2_that_saver_restores(v1, tmp_path, how):
     out = tmp_path / "out" / "model.ckpt"
     result = cs.copy(v1[how], out, progress=False, memory_budget="200B")  # many groups, parts streamed
@@ -106,15 +106,18 @@ def _damaged(v1: dict[str, str], tmp_path: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["truncated", "meta-flip", "data-flip", "footer"])
-def test_bad_v1_input_is_one_line_exit_3_and_publishes_nothing(v1, cli, tmp_path, how):
+def test_bad_v1_input_is_one_line_exit_3_and_publishes_nothing(v1, tmp_path, how, capsys):
+    """In-process for speed; the subprocess fuzz suite (test_hostile_v1_and_state) covers crashes."""
+    from ckptsurgery.cli import main
+
     bad = _damaged(v1, tmp_path, how)
     before = Path(bad).read_bytes()
     out = tmp_path / "out"
-    for args in (("copy", bad, out / "m"), ("verify", bad)):
-        run = cli(*args)
-        assert run.returncode == 3, (args, how, run.stdout, run.stderr)
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("ckptsurgery: error:"), run.stderr
-        assert "Traceback" not in run.stderr
+    for args in (("copy", bad, out / "m", "--no-progress"), ("verify", bad)):
+        rc = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert rc == 3, (args, how, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ckptsurgery: error:"), err
     assert not out.exists() or not any(out.iterdir())
     assert Path(bad).read_bytes() == before
