@@ -66,3 +66,19 @@ def bundle_pb2() -> SimpleNamespace:
     get = lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName("ckptsurgery_bundle." + name))  # noqa: E731
     header_cls = get("BundleHeaderProto")
     return SimpleNamespace(BundleHeaderProto=header_cls, BundleEntryProto=get("BundleEntryProto"))
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint_state_class() -> type:
+    """``CheckpointState`` (the ``checkpoint`` state file's text proto), wire- and text-compatible with
+    TF's ``checkpoint_state.proto``, so resolving a folder does not import TensorFlow either."""
+    file = descriptor_pb2.FileDescriptorProto(name="ckptsurgery/checkpoint_state.proto",
+                                              package="ckptsurgery_state", syntax="proto3")
+    rep = _F.LABEL_REPEATED
+    _message(file, "CheckpointState", [(1, "model_checkpoint_path", _F.TYPE_STRING),
+                                       (2, "all_model_checkpoint_paths", _F.TYPE_STRING, rep),
+                                       (3, "all_model_checkpoint_timestamps", _F.TYPE_DOUBLE, rep),
+                                       (4, "last_preserved_timestamp", _F.TYPE_DOUBLE)])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ckptsurgery_state.CheckpointState"))

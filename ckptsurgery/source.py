@@ -151,9 +151,10 @@ def _prefix_from_state_file(state_file: Path) -> tuple[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise BadCheckpointError(where, "checkpoint state file is not text") from None
     from google.protobuf import text_format
-    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 
-    state = CheckpointState()
+    from .bundle_protos import checkpoint_state_class
+
+    state = checkpoint_state_class()()  # TF's CheckpointState, without importing TF
     try:
         text_format.Parse(text, state, allow_unknown_field=True)
     except Exception as exc:  # text_format.ParseError and friends
