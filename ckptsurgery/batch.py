@@ -197,8 +197,11 @@ def plan_average(
             nbytes_in=info.nbytes, nbytes_out=out_nbytes(info.dtype, info.shape, info.nbytes),
         ))
     if not entries:
-        raise PlanError("nothing to average: the inputs share no tensor" if union else
-                        "nothing to average: the inputs hold only optimizer state (pass --keep-optimizer)")
+        if union:
+            raise PlanError("nothing to average: the inputs share no tensor")
+        if optimizer_names:
+            raise PlanError("nothing to average: the inputs hold only optimizer state (pass --keep-optimizer)")
+        raise PlanError("nothing to average: the inputs hold no variables (at most an object graph)")
 
     dropped = []
     for name in sorted(optimizer_names | set(not_shared)):

@@ -34,18 +34,28 @@ def render_table(ckpt: Checkpoint) -> str:
 
 def scope_totals(ckpt: Checkpoint, depth: int | None = None) -> dict[str, tuple[int, int]]:
     """Bytes and tensor counts per scope prefix (``a``, ``a/b``, ...), up to ``depth`` levels."""
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    # Sum per parent scope first (a handful of scopes hold 200k scalars), then spread each
+    # parent's sums over its ancestors: work per distinct scope, not per tensor and level.
+    per_parent: dict[str, list[int]] = {}
     for t in ckpt:
         # TF2 keys end in /.ATTRIBUTES/VARIABLE_VALUE: the variable, not a scope, is the leaf.
-        parts = t.name.split("/.ATTRIBUTES/")[0].split("/")[:-1]
+        parent = t.name.split("/.ATTRIBUTES/")[0].rpartition("/")[0]
+        sums = per_parent.get(parent)
+        if sums is None:
+            sums = per_parent[parent] = [0, 0]
+        sums[0] += t.nbytes
+        sums[1] += 1
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for parent, (nbytes, count) in per_parent.items():
+        parts = parent.split("/") if parent else []
         if depth is not None:
             parts = parts[:depth]
-        totals["/"][0] += t.nbytes
-        totals["/"][1] += 1
+        totals["/"][0] += nbytes
+        totals["/"][1] += count
         for i in range(1, len(parts) + 1):
             scope = "/".join(parts[:i]) + "/"
-            totals[scope][0] += t.nbytes
-            totals[scope][1] += 1
+            totals[scope][0] += nbytes
+            totals[scope][1] += count
     return {k: (v[0], v[1]) for k, v in sorted(totals.items())}
 
 

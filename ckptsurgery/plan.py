@@ -212,7 +212,7 @@ def plan_edit(ckpt: Checkpoint, rules: list[Rule], alias: str = "src") -> Plan:
 
     With no rules this is the plan of a plain copy.
     """
-    drafts = drafts_of(ckpt, alias)
+    drafts = source_drafts = drafts_of(ckpt, alias)
     rules = merge_adjacent_keeps(list(rules))
     if any(isinstance(rule, (Cast, Resize)) for rule in rules):
         mark_slots(drafts, tie_slots(ckpt))
@@ -222,8 +222,11 @@ def plan_edit(ckpt: Checkpoint, rules: list[Rule], alias: str = "src") -> Plan:
         if draft.pending_error:
             raise RuleError(draft.pending_error)
     check_unique_outputs(drafts)
-    if not drafts:
+    if not drafts and source_drafts:
         raise PlanError("the rules leave no tensor to write")
+    if not drafts and OBJECT_GRAPH_KEY not in ckpt:
+        raise PlanError(f"{ckpt.prefix} holds no tensor to write")
+    # A bundle holding only its object graph (a SavedModel of a model without variables) is written as it is.
     kept = {d.source_name for d in drafts}
     dropped = [TensorRef(alias, t.name) for t in ckpt if t.name != OBJECT_GRAPH_KEY and t.name not in kept]
     graph = None

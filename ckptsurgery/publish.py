@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import faults
+from .protos import checkpoint_state_class
 from .errors import OutputError
 
 STAGING_PREFIX = ".ckptsurgery-staging-"
@@ -513,7 +513,7 @@ def _complete_state_file(staging_path: Path, destination: str) -> bool:
     try:
         with state_file_lock(folder):
             journal_time = (staging_path / JOURNAL).stat().st_mtime
-            state = _checkpoint_state_class()()
+            state = checkpoint_state_class()()
             if state_path.exists():
                 if state_path.stat().st_mtime > journal_time:
                     return False
@@ -577,32 +577,6 @@ STATE_TMP_PREFIX = STATE_FILE + ".ckptsurgery-tmp-"  # + PID-HEX: a state file b
 STATE_LOCK = STATE_FILE + ".ckptsurgery-state-lock"  # held while the state file is read and rewritten
 
 
-@functools.lru_cache(maxsize=None)
-def _checkpoint_state_class() -> type:
-    """TensorFlow's ``CheckpointState`` message, defined here, in a private pool.
-
-    The same fields and numbers as ``tensorflow/core/protobuf/checkpoint_state.proto``
-    (the text format names fields, so the file reads the same), without
-    importing TensorFlow: ``clean`` and recovery stay fast and quiet.
-    """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    field = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="ckptsurgery/checkpoint_state.proto",
-                                               package="ckptsurgery", syntax="proto3")
-    message = proto.message_type.add(name="CheckpointState")
-    for number, (name, kind, label) in enumerate([
-        ("model_checkpoint_path", field.TYPE_STRING, field.LABEL_OPTIONAL),
-        ("all_model_checkpoint_paths", field.TYPE_STRING, field.LABEL_REPEATED),
-        ("all_model_checkpoint_timestamps", field.TYPE_DOUBLE, field.LABEL_REPEATED),
-        ("last_preserved_timestamp", field.TYPE_DOUBLE, field.LABEL_OPTIONAL),
-    ], start=1):
-        message.field.add(name=name, number=number, type=kind, label=label)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ckptsurgery.CheckpointState"))
-
-
 def update_state_file(prefix: str, *, now: float | None = None) -> None:
     """Record ``prefix`` as the newest checkpoint in its folder's ``checkpoint`` file.
 
@@ -625,7 +599,7 @@ def update_state_file(prefix: str, *, now: float | None = None) -> None:
 def _update_state_file(folder: str, prefix: str, now: float | None) -> None:
     from google.protobuf import text_format
 
-    CheckpointState = _checkpoint_state_class()
+    CheckpointState = checkpoint_state_class()
     base = os.path.basename(prefix)
     state = CheckpointState()
     try:

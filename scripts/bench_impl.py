@@ -48,9 +48,12 @@ ROWS = {
     "graph-edit": "TF1 graph recipe: restore in a Session, assign into renamed variables, Saver.save",
     "scale4": "ckptsurgery copy on the 4x-layers checkpoint (--full only)",
     "average": "ckptsurgery average of 8 BERT-base checkpoints vs the tensor2tensor recipe, 2 vs 16 inputs",
+    "many-inspect": "ckptsurgery inspect of a checkpoint of 200k scalar tensors (--many N)",
+    "many-copy": "ckptsurgery copy of the same 200k-scalar checkpoint",
 }
+MANY_ROWS = ("many-inspect", "many-copy")
 DEFAULT_ROWS = ["cp", "cp-sync", "copy", "copy-nofsync", "copy-w2", "load-copy", "edit", "load-edit", "graph-edit",
-                "scale4", "average"]
+                "scale4", "average", *MANY_ROWS]
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +316,17 @@ def child_verify(mode: str, out: str, *srcs: str) -> None:
     print(f"verified {len(got_shapes)} tensors")
 
 
+def child_generate_many(count: str, prefix: str) -> None:
+    """A checkpoint of ``count`` float32 scalars (per-entry costs, not bytes, dominate), one SaveV2 call."""
+    tf = _quiet_tf()
+    n = int(count)
+    names = [f"layer_{i // 100:05d}/unit_{i % 100:02d}/scalar" for i in range(n)]
+    values = [tf.constant(float(i)) for i in range(n)]
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * n, tensors=values)
+    os.sync()
+
+
 def child_rusage_wrapper(out_file: str, *cmd: str) -> None:
     """Fallback measurement when /usr/bin/time is missing: run cmd, report wall and RUSAGE_CHILDREN."""
     import resource
@@ -328,7 +342,7 @@ def child_rusage_wrapper(out_file: str, *cmd: str) -> None:
 CHILDREN = {
     "_generate": child_generate, "_bare_tf": child_bare_tf, "_load_copy": child_load_copy,
     "_load_edit": child_load_edit, "_graph_edit": child_graph_edit, "_t2t_average": child_t2t_average,
-    "_verify": child_verify, "_rusage": child_rusage_wrapper,
+    "_verify": child_verify, "_rusage": child_rusage_wrapper, "_generate_many": child_generate_many,
 }
 
 
@@ -585,7 +599,8 @@ def parse_args(argv):
                  "  scripts/bench                        # the 4 GB run, about 10 minutes on 2 cores\n"
                  "  scripts/bench --scale 0.05           # smoke run: 1 layer, ~0.5 GB\n"
                  "  scripts/bench --full --keep-data     # adds the 16 GB scale-4 memory check (~40 GB disk)\n"
-                 "  scripts/bench --only copy,edit,load-edit\n\n"
+                 "  scripts/bench --only copy,edit,load-edit\n"
+                 "  scripts/bench --only many-inspect,many-copy   # per-entry costs, 200k scalars\n\n"
                  "Generated checkpoints live in .bench/data/ and are reused when their spec matches;\n"
                  "they are deleted at the end unless --keep-data. Logs: .bench/logs/.",
     )
@@ -596,6 +611,8 @@ def parse_args(argv):
     p.add_argument("--full", action="store_true",
                    help="also run the memory-scaling check: copy a checkpoint with 4x the layers (16 GB at --scale 1)")
     p.add_argument("--only", metavar="ROWS", help="comma-separated rows to run (see below)")
+    p.add_argument("--many", type=int, default=200_000, metavar="N",
+                   help="tensors in the many-* rows' checkpoint (default 200000 float32 scalars)")
     p.add_argument("--keep-data", action="store_true", help="keep generated checkpoints for the next run")
     p.add_argument("--out-md", default=str(BENCH / "results.md"), metavar="PATH",
                    help="where to write the Markdown results (default .bench/results.md)")
@@ -649,7 +666,7 @@ def main(argv=None) -> int:
 
     results["bare"] = runner.measure("bare", "python -c 'import tensorflow'", [sys.executable, __file__, "_bare_tf"])
 
-    main_rows = [r for r in args.rows if r not in ("scale4", "average")]
+    main_rows = [r for r in args.rows if r not in ("scale4", "average", *MANY_ROWS)]
     src = None
     folder = data / f"bert-L{layers}-H{args.hidden}-adam"
     if main_rows or "scale4" in args.rows:
@@ -718,6 +735,25 @@ def main(argv=None) -> int:
         if not args.keep_data:
             shutil.rmtree(folder4, ignore_errors=True)
 
+    # -- many small tensors: per-entry costs (index parsing, bookkeeping) -------
+    if any(r in args.rows for r in MANY_ROWS):
+        many = data / f"many-{args.many}" / "model.ckpt"
+        if not Path(str(many) + ".index").is_file():
+            log(f"checkpoint of {args.many:,} scalars:")
+            _check_call([sys.executable, __file__, "_generate_many", str(args.many), str(many)],
+                        BENCH / "logs" / "generate-many.log")
+        generated.append(many.parent)
+        if "many-inspect" in args.rows:
+            results["many-inspect"] = runner.measure(
+                "many-inspect", f"`ckptsurgery inspect` of {args.many:,} scalar tensors", cli("inspect", str(many)),
+                repeat=args.repeat)
+        if "many-copy" in args.rows:
+            results["many-copy"] = runner.measure(
+                "many-copy", f"`ckptsurgery copy` of {args.many:,} scalar tensors",
+                cli("copy", str(many), str(dest("many-copy") / "model.ckpt"), "--no-progress"),
+                cleanup=[dest("many-copy")], verify=["copy", str(dest("many-copy") / "model.ckpt"), str(many)],
+                repeat=args.repeat)
+
     # -- averaging (hook: runs once `ckptsurgery average` exists) ---------------
     if "average" in args.rows:
         available = average_available()
@@ -758,6 +794,14 @@ def main(argv=None) -> int:
             r = results["edit"].wall / results["load-edit"].wall
             targets.append(("edit", "edit wall ≤ 0.8× load-everything", f"{r:.2f}×", r <= 0.8))
         targets.append(("edit", "edit peak RSS < 1 GB", f"{results['edit'].rss / MB:,.0f} MB", results["edit"].rss < GB))
+
+    for key, wall, rss in (("many-inspect", 2.0, 300 * MB), ("many-copy", 20.0, 500 * MB)):
+        if ok(key):
+            targets.append((key, f"{args.many:,} tensors: wall < {wall:.0f} s", f"{results[key].wall:.1f} s",
+                            results[key].wall < wall))
+            targets.append((key, f"{args.many:,} tensors: peak RSS < {rss / MB:.0f} MB",
+                            f"{results[key].rss / MB:,.0f} MB ({results[key].rss / args.many:,.0f} B per tensor, whole process)",
+                            results[key].rss < rss))
 
     if ok("average") and ok("average-t2t"):
         r = results["average"].wall / results["average-t2t"].wall
