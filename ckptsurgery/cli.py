@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tree", action="store_true", help="sum sizes per scope instead of listing tensors")
     p.add_argument("--depth", type=int, default=None, help="with --tree: scope levels to show")
     p.add_argument("--json", action="store_true", help='print {"tensors": [{"name", "dtype", "shape", "nbytes"}...], ...}')
-    p.set_defaults(func=cmd_inspect, needs_tensorflow=False)  # a V2 index is read without TF
+    p.set_defaults(func=cmd_inspect)  # a V2 index is read without TF
 
     p = sub.add_parser("copy", help="rewrite a checkpoint unchanged in streaming shards", formatter_class=Formatter,
                        description="Rewrite SRC at DST unchanged: read one tensor at a time, save in budget-sized shards,\n"
@@ -206,12 +206,8 @@ def _version() -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import render_table, render_tree
-    from .source import open_checkpoint, resolve_checkpoint
+    from .source import open_checkpoint
 
-    if resolve_checkpoint(args.checkpoint)[1] == "v1":  # V1 metadata is decoded with TF's protos
-        from ._tf import import_quietly
-
-        import_quietly()
     ckpt = open_checkpoint(args.checkpoint)
     if args.json:
         print(json.dumps(api.inspect(ckpt), indent=2))
@@ -288,10 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        if getattr(args, "needs_tensorflow", True):
-            from ._tf import quiet_when_imported
+        from ._tf import quiet_when_imported
 
-            quiet_when_imported()  # TF is imported when a tensor must be decoded, not before
+        quiet_when_imported()  # TF is imported when a tensor must be decoded, not before; then quietly
         return int(args.func(args) or 0)
     except CkptSurgeryError as exc:
         if args.debug:

@@ -43,7 +43,7 @@ def add_commands(sub) -> None:
     )
     p.add_argument("folder", metavar="DIR", help="folder holding the destination(s) of crashed runs")
     p.add_argument("--json", action="store_true", help='print {"actions": [{"action", "path", "detail"}...]}')
-    p.set_defaults(func=cmd_clean, needs_tensorflow=False)
+    p.set_defaults(func=cmd_clean)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -231,7 +231,10 @@ class V1Tensor:
 
 
 def _pb2() -> Any:
-    from tensorflow.core.util import saved_tensor_slice_pb2  # lazy: imports TF
+    from ._tf import tf
+
+    tf()  # TF's own V1 protos import all of TF: do it through _tf, so the CLI's quiet import applies
+    from tensorflow.core.util import saved_tensor_slice_pb2
 
     return saved_tensor_slice_pb2
 

@@ -45,7 +45,8 @@ def half_ckpt(tmp_path_factory) -> str:
 
 
 def test_float16_copy_and_cast_print_nothing_on_stderr(half_ckpt, tmp_path):
-    copied = run("copy", half_ckpt, tmp_path / "copy" / "ckpt")
+    # --tf-path: the float16 tensor goes through TF's ops (the byte path would copy its bytes untouched).
+    copied = run("copy", "--tf-path", half_ckpt, tmp_path / "copy" / "ckpt")
     assert copied.returncode == 0 and copied.stderr == ""
     cast = run("edit", half_ckpt, tmp_path / "cast" / "ckpt", "--cast", "float16:float32")
     assert cast.returncode == 0 and cast.stderr == ""
@@ -72,6 +73,6 @@ def test_float16_error_is_one_line(half_ckpt, tmp_path):
 
 @pytest.mark.skipif(has_avx512(), reason="TF logs nothing about float16 on a CPU with AVX-512")
 def test_tf_logs_env_shows_tensorflow_logs_again(half_ckpt, tmp_path):
-    shown = run("copy", half_ckpt, tmp_path / "out" / "ckpt", CKPTSURGERY_TF_LOGS="1")
+    shown = run("copy", "--tf-path", half_ckpt, tmp_path / "out" / "ckpt", CKPTSURGERY_TF_LOGS="1")
     assert shown.returncode == 0
     assert "oneDNN supports DT_HALF" in shown.stderr
