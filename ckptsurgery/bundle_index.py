@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ckptsurgery.errors import BadCheckpointError
+from ckptsurgery.protos import bundle_protos
 
 __all__ = [
     "BundleIndex",
@@ -262,13 +263,10 @@ class _Malformed(Exception):
         self.tensor = tensor
 
 
-def _pb2() -> Any:
-    """The bundle protos, declared in :mod:`ckptsurgery.protos`: importing TF's own
-    ``tensorflow.core...`` runs ``tensorflow/__init__`` (seconds), which reading an
-    index should not pay."""
-    from ckptsurgery.protos import bundle_protos
-
-    return bundle_protos()
+#: The bundle protos, declared in :mod:`ckptsurgery.protos`: importing TF's own
+#: ``tensorflow.core...`` runs ``tensorflow/__init__`` (seconds), which reading an
+#: index should not pay.  Called once per entry, so it is the cached function itself.
+_pb2 = bundle_protos
 
 
 # ---------------------------------------------------------------------------

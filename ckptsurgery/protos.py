@@ -99,6 +99,7 @@ def _classes() -> SimpleNamespace:
         "TrackableObjectGraph", "CheckpointState")})
 
 
+@functools.lru_cache(maxsize=None)
 def bundle_protos() -> SimpleNamespace:
     """``BundleHeaderProto`` and ``BundleEntryProto`` (and their parts), as :mod:`bundle_index` needs them."""
     return _classes()
