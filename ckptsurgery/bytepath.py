@@ -63,15 +63,7 @@ def source_bundle(ckpt: Checkpoint) -> BundleIndex | None:
     A source that says it is not a V2 bundle (a V1 checkpoint), or has no
     ``.index`` file, is decoded through TensorFlow.
     """
-    if getattr(ckpt, "format", "v2") not in ("v2", "V2"):
-        return None
-    if not os.path.isfile(ckpt.prefix + ".index"):
-        return None
-    index = getattr(ckpt, "_index", None)
-    if not isinstance(index, BundleIndex):
-        index = validate_checkpoint(ckpt.prefix)
-        ckpt._index = index  # parsed once per source
-    return index
+    return ckpt.bundle_index
 
 
 def raw_tensor(plan: Plan, entry: OutputEntry) -> RawTensor | None:

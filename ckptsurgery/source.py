@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ._tf import tf
 from .dtypes import KNOWN, itemsize
 from .errors import BadCheckpointError
 from .fileio import WILLNEED, advise
+
+if TYPE_CHECKING:
+    from .bundle_index import BundleIndex
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
@@ -418,6 +421,12 @@ class Checkpoint:
                     ranges.setdefault(part.shard_id, []).append((part.offset, part.size))
         for shard_id, shard_ranges in ranges.items():
             advise(self._index.data_path(shard_id), WILLNEED, shard_ranges)
+
+    @property
+    def bundle_index(self) -> "BundleIndex | None":
+        """The validated V2 index (entries with shard, offset, size, CRC32C), parsed once at open;
+        None for a V1 checkpoint, whose bytes are only read through TensorFlow."""
+        return self._index if self.format == "v2" else None
 
     def read_object_graph(self) -> bytes | None:
         """The serialized ``TrackableObjectGraph`` of a TF2 checkpoint, else None."""
