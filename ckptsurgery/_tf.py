@@ -76,3 +76,12 @@ def _stderr_fd_silenced():
         os.close(saved)
         os.close(devnull)
 
+
+
+def import_quietly() -> ModuleType:
+    """Import TF now, with its C++ chatter hidden (for scripts that use TF themselves, like the demo).
+
+    Set ``CKPTSURGERY_TF_LOGS=1`` to see TensorFlow's own logs.
+    """
+    quiet_when_imported()
+    return tf()
