@@ -16,7 +16,7 @@ the rest), and the input's dtype and shape are the output's.  Everything else
 is decoded, and ``--dry-run`` says so.
 
 ``CKPTSURGERY_BYTE_PATH=0`` in the environment (or ``byte_path=False``,
-``--tf-path``) sends every tensor through TensorFlow, as before the byte path.
+``--no-byte-path``, alias ``--tf-path``) sends every tensor through TensorFlow, as before the byte path.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def describe(plan: Plan, option: bool | None = None) -> str:
     """One line for ``--dry-run``: how many tensors move as bytes, how many are decoded, and why."""
     counts = summary(plan, option)
     if not counts["enabled"]:
-        return f"byte path: off ({ENV_SWITCH}=0 or --tf-path): every tensor is decoded through TensorFlow"
+        return f"byte path: off ({ENV_SWITCH}=0 or --no-byte-path): every tensor is decoded through TensorFlow"
     decoded = sum(counts["decoded"].values())
     why = "; ".join(f"{count} {reason}" for reason, count in counts["decoded"].items())
     return (f"byte path: {counts['bytes']} tensors copied as bytes, {decoded} decoded through TensorFlow"

@@ -44,12 +44,14 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="re-read every written value and compare before publishing")
     g.add_argument("--fsync", dest="fsync", action=argparse.BooleanOptionalAction, default=default(True),
                    help="fsync before publishing (default); --no-fsync is faster but unsafe on power loss")
-    g.add_argument("--no-crc-check", dest="crc_check", action="store_false", default=default(True),
-                   help="copy unchanged tensors without checking their CRC32C (faster; corruption is carried, "
-                        "never created, and stays detectable by `verify`)")
+    g.add_argument("--crc-check", dest="crc_check", action=argparse.BooleanOptionalAction, default=default(True),
+                   help="check the CRC32C of every tensor copied unchanged (default); --no-crc-check is faster: "
+                        "corruption is carried, never created, and stays detectable by `verify`")
+    g.add_argument("--byte-path", dest="byte_path", action=argparse.BooleanOptionalAction, default=default(None),
+                   help="copy unchanged tensors as bytes (default, unless CKPTSURGERY_BYTE_PATH=0); "
+                        "--no-byte-path (or --tf-path) decodes every tensor through TensorFlow")
     g.add_argument("--tf-path", dest="byte_path", action="store_const", const=False, default=default(None),
-                   help="decode every tensor through TensorFlow instead of copying unchanged ones as bytes "
-                        "(also: CKPTSURGERY_BYTE_PATH=0)")
+                   help=argparse.SUPPRESS)  # the name the byte-path docs use; same as --no-byte-path
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=default(None),
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")

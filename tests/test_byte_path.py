@@ -172,7 +172,7 @@ def test_dry_run_says_which_tensors_move_as_bytes(tf1_ckpt, tmp_path):
     off = cs.copy(tf1_ckpt, tmp_path / "o" / "m", dry_run=True, byte_path=False)
     assert off.to_json()["byte_path"]["enabled"] is False
     assert "byte path: off" in off.render()
-    result = run_cli("copy", tf1_ckpt, tmp_path / "o" / "m", "--dry-run", "--tf-path")
+    result = run_cli("copy", tf1_ckpt, tmp_path / "o" / "m", "--dry-run", "--no-byte-path")
     assert result.returncode == 0 and "byte path: off" in result.stdout, result.stderr
 
 
