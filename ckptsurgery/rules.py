@@ -10,9 +10,11 @@ the error names the rule and suggests the closest names.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 
+from .bundle_index import MAX_ELEMENTS
 from .dtypes import KNOWN, NUMERIC
 from .errors import RuleError
 from .optimizer_state import is_optimizer_state
@@ -266,6 +268,9 @@ class Resize(Rule):
             if draft.dtype == "string" and self.init != "zeros":
                 raise RuleError(f"{self.describe()}: string tensor {draft.name!r} can only be padded with empty strings")
             new_shape = tuple(old if new is None else new for old, new in zip(draft.shape, self._dims))
+            if math.prod(new_shape) > MAX_ELEMENTS:
+                raise RuleError(f"{self.describe()}: {draft.name!r} would have {math.prod(new_shape):,} elements "
+                                f"(shape {list(new_shape)}); a checkpoint tensor holds at most {MAX_ELEMENTS:,}")
             changed.append((draft, draft.dtype, draft.shape))
             if new_shape != draft.shape:
                 draft.steps.append(Step("resize", {"shape": new_shape, "init": self.init, "seed": self.seed}))

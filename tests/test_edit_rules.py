@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
+from ckptsurgery.errors import RuleError
 from models import TinyModel, make_keras_model, restore_tf1
 
 
@@ -142,3 +143,9 @@ def test_cli_rule_error_is_one_line_with_exit_2(tf1_ckpt, tmp_path, cli):
     run = cli("edit", tf1_ckpt, tmp_path / "o" / "m", "--rename", "^encodr/", "e/")
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "closest names: encoder/" in run.stderr
+
+
+def test_resize_to_an_impossible_size_is_a_rule_error_before_anything_is_read(tf1_ckpt, tmp_path):
+    with pytest.raises(RuleError, match="at most"):
+        cs.edit(tf1_ckpt, tmp_path / "o" / "m", [cs.Resize("head/kernel$", "99999999999999999999999,*")], dry_run=True)
+    assert not (tmp_path / "o").exists()
