@@ -24,13 +24,13 @@ import os
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .execute import WriteResult, write_or_plan
+from .execute.executor import WriteResult, write_or_plan
 from .options import check_write_options
-from .inspection import summary_json
-from .plan import Plan, plan_edit
-from .rules import Rule
-from .source import Checkpoint, open_checkpoint
-from .writer import DEFAULT_MEMORY_BUDGET
+from .report.inspect import summary_json
+from .plan.entries import Plan, plan_edit
+from .plan.rules import Rule
+from .io.reader import Checkpoint, open_checkpoint
+from .io.shard_writer import DEFAULT_MEMORY_BUDGET
 
 PathLike = str | os.PathLike | Checkpoint
 
@@ -136,7 +136,7 @@ def transfer(
         PlanError: a mismatch with ``strict``.
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
-    from .warmstart import plan_transfer, transfer_into_variables
+    from .plan.transfer import plan_transfer, transfer_into_variables
 
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
                  progress=progress, crc_check=crc_check, byte_path=byte_path)
@@ -166,12 +166,12 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True):
         values: also compare values (False: names, dtypes and shapes only; no data read).
 
     Returns:
-        A :class:`ckptsurgery.comparison.DiffReport` (``.identical``, ``.render()``, ``.to_json()``).
+        A :class:`ckptsurgery.report.diff.DiffReport` (``.identical``, ``.render()``, ``.to_json()``).
 
     Raises:
         BadCheckpointError: either input is not a readable checkpoint.
     """
-    from .comparison import diff as _diff
+    from .report.diff import diff as _diff
 
     return _diff(a, b, atol=atol, values=values)
 
@@ -209,4 +209,4 @@ def run_recipe(
 
 
 # average and merge live beside their planner; re-exported so the API mirrors the CLI in one place.
-from .batch import average, merge  # noqa: E402,F401
+from .plan.batch import average, merge  # noqa: E402,F401

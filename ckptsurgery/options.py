@@ -34,7 +34,7 @@ def _size(value: Any) -> bool:
     if _is_int(value):
         return value > 0
     if isinstance(value, str):
-        from .sizes import parse_size
+        from .text.sizes import parse_size
 
         try:
             parse_size(value)

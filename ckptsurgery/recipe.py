@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import UsageError
 from .options import WRITE_OPTIONS, check_write_options
-from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
 from .schema import (BOOL, MAPPING, NAME_MAP, NON_NEGATIVE_INT, PATH, PATTERN, PATTERNS, SHAPE, STRING, Kind,
                      check_fields, check_mapping, check_value)
 
@@ -216,7 +216,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
         renames = [Rename(*_pair(f"{where}.rename[{i}]", r)) for i, r in enumerate(section.get("rename", []))]
         name_map = section.get("map")
         if isinstance(name_map, str):
-            from .warmstart import load_name_map
+            from .plan.transfer import load_name_map
 
             name_map = load_name_map(resolve(name_map))
         result, report = api.transfer(resolve(section["from"]), resolve(section["into"]), output, rules=renames,
@@ -228,7 +228,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
             report.write(resolve(section["report"]))
         return result, report
 
-    from . import batch  # average and merge live with the batch planner
+    from .plan import batch  # average and merge live with the batch planner
 
     builder = getattr(batch, f"{action}_from_spec", None)
     if builder is None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from ckptsurgery import bundle_index as bi
-from ckptsurgery.bundle_index import masked_crc32c, parse_table
+from ckptsurgery.io import index as bi
+from ckptsurgery.io.index import masked_crc32c, parse_table
 
 
 def put_varint(n: int) -> bytes:

@@ -16,12 +16,12 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery import batch
-from ckptsurgery.accumulate import streaming_linear, streaming_task_arithmetic
-from ckptsurgery.batch import MethodRule, Take
+from ckptsurgery.plan import batch
+from ckptsurgery.execute.accumulate import streaming_linear, streaming_task_arithmetic
+from ckptsurgery.plan.batch import MethodRule, Take
 from ckptsurgery.errors import NonFiniteError, PlanError, RuleError, UsageError
 from ckptsurgery.merge_methods import apply_method, derive_seed
-from ckptsurgery.optimizer_state import is_optimizer_state
+from ckptsurgery.plan.optimizer_state import is_optimizer_state
 from models import TinyModel, make_keras_model, restore_tf1, write_keras_checkpoint, write_tf1_checkpoint
 
 BF16 = tf.bfloat16.as_numpy_dtype

@@ -23,8 +23,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 
-from ckptsurgery import bundle_index as bi  # noqa: E402
-from ckptsurgery.bundle_index import (  # noqa: E402
+from ckptsurgery.io import index as bi  # noqa: E402
+from ckptsurgery.io.index import (  # noqa: E402
     BundleIndex,
     IndexEntry,
     crc32c,

@@ -22,11 +22,11 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.bundle_index import parse_table, read_index, validate_checkpoint
+from ckptsurgery.io.index import parse_table, read_index, validate_checkpoint
 from ckptsurgery.errors import BadCheckpointError, OutputError
-from ckptsurgery.integrity import verify
-from ckptsurgery.source import OBJECT_GRAPH_KEY
-from ckptsurgery.writer import ShardWriter
+from ckptsurgery.report.verify import verify
+from ckptsurgery.io.reader import OBJECT_GRAPH_KEY
+from ckptsurgery.io.shard_writer import ShardWriter
 from conftest import run_cli
 from models import TinyModel, assert_same_variables, make_keras_model, restore_tf1
 
@@ -221,7 +221,7 @@ def test_crc_check_on_reads_every_byte_itself(tf1_ckpt, tmp_path, monkeypatch):
 
 def test_verify_catches_bytes_altered_on_the_way(tf1_ckpt, tmp_path, monkeypatch):
     """--verify re-reads every value: bytes altered after their check are caught before publishing."""
-    from ckptsurgery import writer
+    from ckptsurgery.io import shard_writer as writer
 
     real = writer.copy_entry_bytes
 
@@ -242,7 +242,7 @@ def test_verify_catches_bytes_altered_on_the_way(tf1_ckpt, tmp_path, monkeypatch
 def test_our_index_encodes_every_entry_as_tensorflow_did(tf1_ckpt, tf2_ckpt):
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
-    from ckptsurgery.bundle_writer import index_bytes
+    from ckptsurgery.io.index_writer import index_bytes
 
     for prefix in (tf1_ckpt, tf2_ckpt[0]):
         index = read_index(prefix)
@@ -262,7 +262,7 @@ def test_our_index_encodes_every_entry_as_tensorflow_did(tf1_ckpt, tf2_ckpt):
 NO_TF_SCRIPT = """
 import sys
 import ckptsurgery as cs
-from ckptsurgery import publish
+from ckptsurgery.io import publish
 state_files = []
 publish.update_state_file = state_files.append  # the folder's state file is written through TF (publish.py)
 src1, src2, out = sys.argv[1:4]
@@ -296,7 +296,7 @@ def test_our_protos_declare_tensorflows_fields():
     from tensorflow.core.protobuf import tensor_bundle_pb2, trackable_object_graph_pb2
     from tensorflow.python.training import checkpoint_state_pb2
 
-    from ckptsurgery.protos import bundle_protos, checkpoint_state_class, object_graph_protos
+    from ckptsurgery.io.protos import bundle_protos, checkpoint_state_class, object_graph_protos
 
     def fields(descriptor, seen=None) -> dict:
         out = {}

@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.bundle_index import read_index
+from ckptsurgery.io.index import read_index
 from ckptsurgery.errors import BadCheckpointError, OutputError
-from ckptsurgery.integrity import DIFFERENT, OK, ONLY_HERE, ONLY_OTHER, count_differences, verify
+from ckptsurgery.report.verify import DIFFERENT, OK, ONLY_HERE, ONLY_OTHER, count_differences, verify
 
 
 def copy_files(prefix: str, folder: Path) -> str:
@@ -223,7 +223,7 @@ def test_copy_with_verify(tf1_ckpt, tmp_path, cli):
 
 def test_verify_refuses_to_publish_a_corrupted_write(tf1_ckpt, tmp_path, monkeypatch):
     """--verify re-reads every written value: a value altered on the way is caught before publishing."""
-    from ckptsurgery.writer import ShardWriter
+    from ckptsurgery.io.shard_writer import ShardWriter
 
     monkeypatch.setenv("CKPTSURGERY_BYTE_PATH", "0")  # the values go through add(); the byte path: test_byte_path
 

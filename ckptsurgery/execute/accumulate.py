@@ -1,8 +1,8 @@
 """Combine the several inputs of one output tensor, reading them one at a time.
 
 This is the data side of ``average`` and ``merge``: :func:`combine` is what
-:func:`ckptsurgery.execute.produce` calls for an :class:`OutputEntry` with a
-``method``.  The plan (see :mod:`ckptsurgery.batch`) has already checked
+:func:`ckptsurgery.execute.executor.produce` calls for an :class:`OutputEntry` with a
+``method``.  The plan (see :mod:`ckptsurgery.plan.batch`) has already checked
 names, shapes, dtypes, weights and method parameters, so this module only
 reads and computes.
 
@@ -36,9 +36,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .errors import UsageError
-from .merge_methods import apply_method, weights_or
-from .plan import OutputEntry, TensorRef
+from ..errors import UsageError
+from ..merge_methods import apply_method, weights_or
+from ..plan.entries import OutputEntry, TensorRef
 
 WEIGHTS = "weights"
 SEED = "seed"

@@ -27,9 +27,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ._tf import tf
-from .dtypes import KNOWN, itemsize
-from .errors import BadCheckpointError
+from .._tf import tf
+from ..dtypes import KNOWN, itemsize
+from ..errors import BadCheckpointError
 from .fileio import WILLNEED, advise
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -114,7 +114,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
 
 def _v1_pattern(text: str) -> str | None:
     """The V1 reader's pattern for ``text`` when it names a V1 checkpoint (file, shard or pattern), else None."""
-    from .v1_checkpoint import SHARD_PATTERN, is_v1_checkpoint, pattern_for_shard
+    from .v1 import SHARD_PATTERN, is_v1_checkpoint, pattern_for_shard
 
     if SHARD_PATTERN.match(text):
         return text if is_v1_checkpoint(text) else None
@@ -229,7 +229,7 @@ class Checkpoint:
     """One checkpoint on disk: its tensors' metadata, and reads on demand.
 
     Opening validates the index in pure Python first (see
-    :mod:`ckptsurgery.bundle_index`), so a corrupt or hostile file gets a
+    :mod:`ckptsurgery.io.index`), so a corrupt or hostile file gets a
     one-line :class:`BadCheckpointError` instead of crashing the process
     inside TensorFlow's C++ reader.
     """
@@ -247,7 +247,7 @@ class Checkpoint:
 
     # -- metadata -------------------------------------------------------
     def _list_tensors(self) -> dict[str, TensorInfo]:
-        from .bundle_index import validate_checkpoint
+        from .index import validate_checkpoint
 
         index = validate_checkpoint(self.prefix)
         self._index = index  # offsets and shards, for read-ahead hints
@@ -276,7 +276,7 @@ class Checkpoint:
         return infos
 
     def _list_v1_tensors(self) -> dict[str, TensorInfo]:
-        from .v1_checkpoint import V1Checkpoint
+        from .v1 import V1Checkpoint
 
         self._v1 = V1Checkpoint(self.prefix)
         dtype_names = _dtype_enum_names()
@@ -448,7 +448,7 @@ def _dtype_enum_names() -> dict[int, str]:
     """DataType enum value -> our dtype name (TF's names: ``float32``, ``bfloat16``, ``string``)."""
     global _ENUM_NAMES
     if _ENUM_NAMES is None:
-        from .bundle_index import _DTYPES  # TF's types.proto values, kept without importing TF
+        from .index import _DTYPES  # TF's types.proto values, kept without importing TF
 
         _ENUM_NAMES = {value: name for value, (name, _) in _DTYPES.items()}
     return _ENUM_NAMES

@@ -3,8 +3,8 @@
 Two layers, both streaming (one tensor in memory at a time, two with
 ``against``):
 
-1. the index, in pure Python (:func:`ckptsurgery.bundle_index.validate_checkpoint`
-   via :class:`~ckptsurgery.source.Checkpoint`): the table's block checksums,
+1. the index, in pure Python (:func:`ckptsurgery.io.index.validate_checkpoint`
+   via :class:`~ckptsurgery.io.reader.Checkpoint`): the table's block checksums,
    every entry sane, every data shard present, every entry inside its shard.
    A failure here means nothing can be trusted, so it raises
    :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) with one line;
@@ -31,10 +31,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .display import display_name
-from .errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, BadCheckpointError
-from .sizes import format_size
-from .source import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
+from ..text.display import display_name
+from ..errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, BadCheckpointError
+from ..text.sizes import format_size
+from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
 
 #: Per-tensor statuses.
 OK = "ok"
@@ -182,7 +182,7 @@ def verify(
 
 def _check_object_graph(check: TensorCheck, value: np.ndarray, ckpt: Checkpoint) -> None:
     """The TF2 object graph is read like any tensor, then decoded and checked against the bundle."""
-    from .objectgraph import describe_problems, graph_bytes_of, object_graph_problems
+    from ..plan.objectgraph import describe_problems, graph_bytes_of, object_graph_problems
 
     graph_bytes = graph_bytes_of(value)
     problems = (["is not a scalar string tensor"] if graph_bytes is None

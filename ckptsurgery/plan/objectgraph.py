@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 
 def _proto():
-    from .protos import object_graph_protos  # TF's fields, without importing TensorFlow
+    from ..io.protos import object_graph_protos  # TF's fields, without importing TensorFlow
 
     return object_graph_protos()
 
@@ -273,8 +273,8 @@ def checked_object_graph(ckpt, graph_bytes: bytes | None = None) -> bytes:
     reads it without TensorFlow); otherwise it is read through ``ckpt``.
     Raises :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) naming the
     file and what is wrong.  Returns the serialized graph."""
-    from .errors import BadCheckpointError
-    from .source import OBJECT_GRAPH_KEY
+    from ..errors import BadCheckpointError
+    from ..io.reader import OBJECT_GRAPH_KEY
 
     if graph_bytes is None:
         graph_bytes = graph_bytes_of(ckpt.read(OBJECT_GRAPH_KEY))

@@ -14,7 +14,7 @@ one-line :class:`~ckptsurgery.errors.BadCheckpointError`.
 
 The format (``tensorflow/core/util/tensor_slice_writer.cc``,
 ``saved_tensor_slice.proto``): the same table format as a V2 ``.index``
-(see :mod:`ckptsurgery.bundle_index`).  Key ``b""`` maps to a
+(see :mod:`ckptsurgery.io.index`).  Key ``b""`` maps to a
 ``SavedTensorSlices`` whose ``meta`` lists every tensor of the file (name,
 shape, dtype and the slices stored); each slice is stored under the
 OrderedCode key ``(0, name, rank, start0, len0, ...)`` as a
@@ -37,7 +37,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .bundle_index import (
+from .index import (
     BLOCK_TRAILER_SIZE,
     DT_RESOURCE,
     DT_STRING,
@@ -61,7 +61,7 @@ from .bundle_index import (
     encode_slice_key,
     format_slice,
 )
-from .errors import BadCheckpointError
+from ..errors import BadCheckpointError
 
 #: ``export-00000-of-00002``: one shard of a sharded V1 checkpoint.
 SHARD_NAME = re.compile(r"^(?P<base>.*)-(?P<shard>\d{5})-of-(?P<count>\d{5})$")
@@ -231,7 +231,7 @@ class V1Tensor:
 
 
 def _pb2() -> Any:
-    from ._tf import tf
+    from .._tf import tf
 
     tf()  # TF's own V1 protos import all of TF: do it through _tf, so the CLI's quiet import applies
     from tensorflow.core.util import saved_tensor_slice_pb2

@@ -1,11 +1,11 @@
-"""``ckptsurgery average`` and ``ckptsurgery merge``: thin flags over :mod:`ckptsurgery.batch`."""
+"""``ckptsurgery average`` and ``ckptsurgery merge``: thin flags over :mod:`ckptsurgery.plan.batch`."""
 
 from __future__ import annotations
 
 import argparse
 
-from .cli_common import CKPT_HELP, Formatter, add_write_options, emit_write, write_options
-from .errors import CkptSurgeryError, UsageError
+from .common import CKPT_HELP, Formatter, add_write_options, emit_write, write_options
+from ..errors import CkptSurgeryError, UsageError
 
 AVERAGE_EPILOG = """\
 examples:
@@ -71,7 +71,7 @@ def add_commands(sub) -> None:
     add_write_options(p)
     p.set_defaults(func=cmd_average)
 
-    from .merge_methods import available_methods, get_method
+    from ..merge_methods import available_methods, get_method
 
     def line(m: str) -> str:
         params = ", ".join(f"{k}={v}" for k, v in get_method(m).params.items())
@@ -124,7 +124,7 @@ class _RenameAction(argparse.Action):
 
 class _MethodAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from .batch import MethodRule
+        from ..plan.batch import MethodRule
 
         if len(values) < 2:
             _fail(parser, "--method needs PATTERN METHOD [KEY=VALUE ...], e.g. --method '^encoder/' linear")
@@ -184,15 +184,15 @@ def _sources(items: list[str]) -> dict[str, str]:
 
 def _print_dropped(result, args: argparse.Namespace, other: str = "other") -> None:
     """One line counting what was left out by kind; the names with --verbose (and always in --json)."""
-    from .dropped import dropped_by_name, render_dropped
-    from .plan import Plan
+    from ..report.dropped import dropped_by_name, render_dropped
+    from ..plan.entries import Plan
 
     if not args.json and not isinstance(result, Plan) and result.dropped:
         print(render_dropped(dropped_by_name(result.dropped, other), getattr(args, "verbose", False), "left out"))
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from . import batch
+    from ..plan import batch
 
     checkpoints = list(args.checkpoints)
     if args.last:
@@ -214,7 +214,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from . import batch
+    from ..plan import batch
 
     if not args.takes:
         raise UsageError("merge needs at least one --take ALIAS PATTERN")

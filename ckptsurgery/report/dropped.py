@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from .display import display_name
-from .optimizer_state import is_optimizer_state
-from .plan import drafts_of
-from .rules import Drop, DropOptimizer, Keep, Rule, merge_adjacent_keeps
-from .source import Checkpoint
-from .step_counters import is_step_counter
+from ..text.display import display_name
+from ..plan.optimizer_state import is_optimizer_state
+from ..plan.entries import drafts_of
+from ..plan.rules import Drop, DropOptimizer, Keep, Rule, merge_adjacent_keeps
+from ..io.reader import Checkpoint
+from ..plan.step_counters import is_step_counter
 
 OPTIMIZER_STATE = "optimizer state"
 STEP_COUNTER = "step counters"

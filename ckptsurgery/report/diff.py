@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .display import display_name
-from .execute import progress_bar
-from .source import Checkpoint, open_checkpoint
+from ..text.display import display_name
+from ..execute.executor import progress_bar
+from ..io.reader import Checkpoint, open_checkpoint
 
 
 @dataclass

@@ -13,10 +13,10 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from .dtypes import KNOWN, NUMERIC
-from .errors import RuleError
+from ..dtypes import KNOWN, NUMERIC
+from ..errors import RuleError
 from .optimizer_state import is_optimizer_state
-from .transforms import Step, check_init
+from ..transforms import Step, check_init
 
 
 @dataclass

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .display import display_name
-from .errors import EXIT_OK
-from .sizes import format_size
-from .plan import Plan
-from .writer import DEFAULT_MEMORY_BUDGET
+from ..text.display import display_name
+from ..errors import EXIT_OK
+from ..text.sizes import format_size
+from ..plan.entries import Plan
+from ..io.shard_writer import DEFAULT_MEMORY_BUDGET
 
 EPILOG_EXIT_CODES = ("exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error,\n"
                      "5 internal error (a bug: rerun with --debug and report it), 130 interrupted (Ctrl-C)")

@@ -13,12 +13,12 @@ import os
 import sys
 from typing import Sequence
 
-from . import api
-from .errors import (EXIT_DIFFERENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE,
+from .. import api
+from ..errors import (EXIT_DIFFERENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE,
                      CkptSurgeryError)
-from .rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
-from .display import display_text
-from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
+from ..plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from ..text.display import display_text
+from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
 
 
 class _RuleAction(argparse.Action):
@@ -39,7 +39,7 @@ class _RuleAction(argparse.Action):
 
 def _cast_rule(values: list[str]) -> Rule:
     if len(values) not in (1, 2) or ":" not in values[0]:
-        from .errors import RuleError
+        from ..errors import RuleError
 
         raise RuleError(f"--cast {' '.join(values)}: use --cast FROM:TO [PATTERN], e.g. --cast float32:bfloat16")
     src, dst = values[0].split(":", 1)
@@ -48,7 +48,7 @@ def _cast_rule(values: list[str]) -> Rule:
 
 def _resize_rule(values: list[str]) -> Rule:
     if len(values) not in (2, 3):
-        from .errors import RuleError
+        from ..errors import RuleError
 
         raise RuleError(f"--resize {' '.join(values)}: use --resize PATTERN SHAPE [INIT], e.g. --resize 'word_embeddings$' 30600,768 normal:0.02")
     return Resize(values[0], values[1], values[2] if len(values) == 3 else "zeros")
@@ -189,7 +189,7 @@ def _command_modules() -> list:
     import importlib
 
     modules = []
-    for name in ("cli_batch", "cli_integrity"):
+    for name in ("average_merge", "verify_clean"):
         try:
             modules.append(importlib.import_module(f".{name}", __package__))
         except ModuleNotFoundError as exc:
@@ -199,14 +199,14 @@ def _command_modules() -> list:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import render_table, render_tree
-    from .source import open_checkpoint
+    from ..report.inspect import render_table, render_tree
+    from ..io.reader import open_checkpoint
 
     ckpt = open_checkpoint(args.checkpoint)
     if args.json:
@@ -224,8 +224,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if not args.rules:
         raise CkptSurgeryError("edit needs at least one rule (--rename, --keep, --drop, --drop-optimizer, --cast, --resize); "
                                "use 'copy' to copy unchanged")
-    from .dropped import dropped_by_name, dropped_by_rule, render_dropped
-    from .source import open_checkpoint
+    from ..report.dropped import dropped_by_name, dropped_by_rule, render_dropped
+    from ..io.reader import open_checkpoint
 
     src = open_checkpoint(args.src)
     result = api.edit(src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
@@ -237,7 +237,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from .warmstart import load_name_map
+    from ..plan.transfer import load_name_map
 
     name_map = load_name_map(args.name_map) if args.name_map else None
     result, report = api.transfer(args.old, args.new, args.dst, rules=args.rules, name_map=name_map,
@@ -256,7 +256,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .comparison import diff
+    from ..report.diff import diff
 
     report = diff(args.a, args.b, atol=args.atol, values=not args.names_only, progress=None)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
@@ -264,7 +264,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .recipe import run_recipe
+    from ..recipe import run_recipe
 
     result, report = run_recipe(args.recipe, dry_run=args.dry_run, overrides=write_options(args))
     if report is not None and not args.json:
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        from ._tf import quiet_when_imported
+        from .._tf import quiet_when_imported
 
         quiet_when_imported()  # TF is imported when a tensor must be decoded, not before; then quietly
         return int(args.func(args) or 0)

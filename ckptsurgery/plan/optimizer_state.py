@@ -73,7 +73,7 @@ class SlotTies:
 
 
 def tie_slots(ckpt) -> SlotTies:
-    """Find every slot's variable in ``ckpt`` (a :class:`~ckptsurgery.source.Checkpoint`); reads only the index
+    """Find every slot's variable in ``ckpt`` (a :class:`~ckptsurgery.io.reader.Checkpoint`); reads only the index
     and the object graph.
 
     * TF1 name-based: ``<var>/Adam``, ``<var>/Adam_1``, ``<var>/adam_m``,
@@ -88,7 +88,7 @@ def tie_slots(ckpt) -> SlotTies:
       stacked layers of one width, stay loose).
     """
     from .objectgraph import graph_slot_links, keras_slot_lists
-    from .source import OBJECT_GRAPH_KEY
+    from ..io.reader import OBJECT_GRAPH_KEY
 
     names = {t.name for t in ckpt if t.name != OBJECT_GRAPH_KEY}
     ties = SlotTies()

@@ -4,13 +4,13 @@ Most surgery leaves most tensors unchanged: a copy, a rename, a drop, a keep,
 a transfer, a merge's ``--take``.  Their bytes in the input's data shard are
 already a valid encoding of the output tensor, with their CRC32C in the
 index entry, so the executor copies them as byte ranges
-(:mod:`ckptsurgery.bytecopy`) and carries their entry into the index it
-writes (:mod:`ckptsurgery.bundle_writer`): dtype, shape and CRC32C kept, name,
+(:mod:`ckptsurgery.io.bytecopy`) and carries their entry into the index it
+writes (:mod:`ckptsurgery.io.index_writer`): dtype, shape and CRC32C kept, name,
 shard and offset new.  Computed tensors (cast, resize, merge methods) still go
 through ``RestoreV2``/``SaveV2``.
 
 An entry moves as bytes when the plan marks it pass-through
-(:attr:`~ckptsurgery.plan.OutputEntry.passthrough`), its input is a V2 bundle
+(:attr:`~ckptsurgery.plan.entries.OutputEntry.passthrough`), its input is a V2 bundle
 whose index we parsed (little-endian, a known version: the validator refuses
 the rest), and the input's dtype and shape are the output's.  Everything else
 is decoded, and ``--dry-run`` says so.
@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .bundle_index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name, validate_checkpoint
-from .bytecopy import ChecksumMismatch, ShardInput, SourceReadError, decode_string_scalar, encode_string_tensor
-from .errors import BadCheckpointError
-from .plan import OutputEntry, Plan
-from .source import OBJECT_GRAPH_KEY, Checkpoint
+from ..io.index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name, validate_checkpoint
+from ..io.bytecopy import ChecksumMismatch, ShardInput, SourceReadError, decode_string_scalar, encode_string_tensor
+from ..errors import BadCheckpointError
+from ..plan.entries import OutputEntry, Plan
+from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint
 
 ENV_SWITCH = "CKPTSURGERY_BYTE_PATH"
 

@@ -263,10 +263,10 @@ class _Malformed(Exception):
 
 
 def _pb2() -> Any:
-    """The bundle protos, declared in :mod:`ckptsurgery.protos`: importing TF's own
+    """The bundle protos, declared in :mod:`ckptsurgery.io.protos`: importing TF's own
     ``tensorflow.core...`` runs ``tensorflow/__init__`` (seconds), which reading an
     index should not pay."""
-    from ckptsurgery.protos import bundle_protos
+    from ckptsurgery.io.protos import bundle_protos
 
     return bundle_protos()
 

@@ -1,10 +1,10 @@
 """Write a TensorFlow V2 checkpoint index (``<prefix>.index``) ourselves.
 
-The byte path (see :mod:`ckptsurgery.bytepath`) copies tensors as byte
+The byte path (see :mod:`ckptsurgery.execute.bytepath`) copies tensors as byte
 ranges into data shards TensorFlow never saw, and merges them with the
 shards ``SaveV2`` wrote for computed tensors.  What makes those files one
 checkpoint is the index, so we write it: the same table format
-:mod:`ckptsurgery.bundle_index` parses (TF's ``tsl/lib/io/table_builder.cc``:
+:mod:`ckptsurgery.io.index` parses (TF's ``tsl/lib/io/table_builder.cc``:
 prefix-compressed blocks of about 256 KiB with a restart every 16 keys, no
 compression, an empty metaindex block, an index block and the 48-byte
 footer), holding a ``BundleHeaderProto`` under key ``b""`` and a
@@ -21,7 +21,7 @@ import os
 import struct
 from collections.abc import Iterable
 
-from .bundle_index import TABLE_MAGIC, IndexEntry, masked_crc32c
+from .index import TABLE_MAGIC, IndexEntry, masked_crc32c
 
 #: TF's ``table::Options`` defaults, which the bundle writer keeps.
 BLOCK_SIZE = 262144

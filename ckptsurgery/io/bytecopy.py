@@ -11,7 +11,7 @@ tensor's size.  With the check off and both files on one filesystem,
 byte enters this process.
 
 The CRC32C here is ``google-crc32c`` (hardware accelerated, GB/s); the
-pure-Python one in :mod:`ckptsurgery.bundle_index` is for small index files.
+pure-Python one in :mod:`ckptsurgery.io.index` is for small index files.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import struct
 
 import google_crc32c
 
-from .bundle_index import DT_STRING, IndexEntry, mask, unmask
+from .index import DT_STRING, IndexEntry, mask, unmask
 
 #: Bytes read and written per step: large enough for full-speed I/O, small next to any budget.
 CHUNK = 8 << 20

@@ -19,16 +19,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .display import display_name
-from .dtypes import FLOATING, dtype_name_of_array, numpy_dtype
-from .errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
-from .objectgraph import checked_object_graph, rewrite_object_graph
-from .options import check_write_options
-from .plan import OutputEntry, Plan, TensorRef
-from .source import OBJECT_GRAPH_KEY, open_checkpoint
+from ..text.display import display_name
+from ..dtypes import FLOATING, dtype_name_of_array, numpy_dtype
+from ..errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
+from ..plan.objectgraph import checked_object_graph, rewrite_object_graph
+from ..options import check_write_options
+from ..plan.entries import OutputEntry, Plan, TensorRef
+from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from .bytepath import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
-from .transforms import apply_steps
-from .writer import DEFAULT_MEMORY_BUDGET, ShardWriter, resolve_destination
+from ..transforms import apply_steps
+from ..io.shard_writer import DEFAULT_MEMORY_BUDGET, ShardWriter, resolve_destination
 
 
 @dataclass
@@ -64,7 +64,7 @@ def produce(plan: Plan, entry: OutputEntry, already_read: dict[TensorRef, Any] |
 
     One input: read it.  Several inputs (``average``, ``merge``): the merge
     method combines them in float64, reading them one at a time where the
-    method allows (see :mod:`ckptsurgery.accumulate`), and the result is cast
+    method allows (see :mod:`ckptsurgery.execute.accumulate`), and the result is cast
     back to the inputs' dtype (bfloat16 and float16 included) before ``steps``.
     NaN/Inf are checked by the caller (:func:`execute`) unless allowed.
     ``already_read`` holds inputs the executor read ahead (see :func:`read_batch`).
@@ -174,7 +174,7 @@ def copy_parts(plan: Plan, entry: OutputEntry, parts: list[str], writer: ShardWr
 
 def to_tensor(array: np.ndarray) -> Any:
     """A TF tensor holding ``array`` (one copy; the array can be freed at once)."""
-    from ._tf import tf
+    from .._tf import tf
 
     return tf().constant(array)
 

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from .cli_common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter
-from .display import display_text
-from .errors import EXIT_IO, EXIT_OK
+from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter
+from ..text.display import display_text
+from ..errors import EXIT_IO, EXIT_OK
 
 
 def add_commands(sub) -> None:
@@ -47,9 +47,9 @@ def add_commands(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .execute import progress_bar
-    from .integrity import ONLY_OTHER, verify
-    from .source import open_checkpoint
+    from ..execute.executor import progress_bar
+    from ..report.verify import ONLY_OTHER, verify
+    from ..io.reader import open_checkpoint
 
     ckpt = open_checkpoint(args.checkpoint)
     with progress_bar(ckpt.total_bytes, None, "verifying") as bar:
@@ -64,7 +64,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .publish import clean_actions
+    from ..io.publish import clean_actions
 
     actions = clean_actions(args.folder)
     if args.json:

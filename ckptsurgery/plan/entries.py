@@ -14,15 +14,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .display import display_name
-from .dtypes import itemsize
-from .errors import PlanError
-from .errors import RuleError
+from ..text.display import display_name
+from ..dtypes import itemsize
+from ..errors import PlanError
+from ..errors import RuleError
 from .optimizer_state import SlotTies, tie_slots
 from .rules import Cast, Draft, Resize, Rule, merge_adjacent_keeps
-from .sizes import format_size
-from .source import OBJECT_GRAPH_KEY, Checkpoint
-from .transforms import Step
+from ..text.sizes import format_size
+from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint
+from ..transforms import Step
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class OutputEntry:
     @property
     def passthrough(self) -> bool:
         """Same dtype, shape and value as its one input (only the name may change): the
-        executor may copy its bytes instead of decoding it (see :mod:`ckptsurgery.bytepath`)."""
+        executor may copy its bytes instead of decoding it (see :mod:`ckptsurgery.execute.bytepath`)."""
         return self.method is None and not self.steps and len(self.inputs) == 1
 
     def to_json(self) -> dict:
@@ -80,7 +80,7 @@ class ObjectGraphRewrite:
     """Carry a TF2 object graph from ``source`` to the output.
 
     ``key_map`` maps each of the source's checkpoint keys to its output key,
-    or to None when the key was dropped; see :mod:`ckptsurgery.objectgraph`.
+    or to None when the key was dropped; see :mod:`ckptsurgery.plan.objectgraph`.
     """
 
     source: str
@@ -146,7 +146,7 @@ class Plan:
         if self.object_graph is not None:
             how = "rewritten to match" if self.object_graph.key_map else "carried unchanged"
             lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, {how})")
-        from .bytepath import describe
+        from ..execute.bytepath import describe
 
         lines.append(describe(self, self.byte_path))
         lines.append(
@@ -157,7 +157,7 @@ class Plan:
 
 
 def _byte_path_summary(plan: Plan) -> dict:
-    from .bytepath import summary
+    from ..execute.bytepath import summary
 
     return summary(plan, plan.byte_path)
 

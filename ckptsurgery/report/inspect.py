@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .display import display_name
-from .sizes import format_size
-from .source import Checkpoint
+from ..text.display import display_name
+from ..text.sizes import format_size
+from ..io.reader import Checkpoint
 
 
 def summary_json(ckpt: Checkpoint) -> dict:

@@ -1,7 +1,7 @@
 """Batch merging: average many checkpoints, or merge parts of several, in bounded memory.
 
 Two planners, both pure (they read only ``.index`` files, never tensor data)
-and both producing an ordinary :class:`~ckptsurgery.plan.Plan` that the
+and both producing an ordinary :class:`~ckptsurgery.plan.entries.Plan` that the
 streaming executor writes:
 
 * :func:`plan_average` averages N checkpoints of one model, tensor by tensor:
@@ -18,7 +18,7 @@ streaming executor writes:
 
 Example::
 
-    import ckptsurgery.batch as batch
+    import ckptsurgery.plan.batch as batch
 
     batch.average(batch.last_checkpoints("runs/bert/", 5), "runs/bert-avg/model.ckpt")
     batch.average(["a/", "b/", "c/"], "ema/model.ckpt", ema=0.9)
@@ -26,7 +26,7 @@ Example::
                 takes=[Take("a", "^encoder/"), Take("b", "^decoder/")])
 
 How a multi-input entry is encoded in the plan (decoded by
-:mod:`ckptsurgery.accumulate`, which :func:`ckptsurgery.execute.produce`
+:mod:`ckptsurgery.execute.accumulate`, which :func:`ckptsurgery.execute.executor.produce`
 calls): ``entry.method`` is the merge method; ``entry.inputs`` are the
 tensors to combine in order, except that when ``method_params["base_input"]``
 is true, ``inputs[0]`` is the base tensor (for methods that need one);
@@ -54,19 +54,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .accumulate import BASE_INPUT, RESERVED_PARAMS, SEED, WEIGHTS
-from .dtypes import FLOATING
-from .errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, UsageError
-from .execute import WriteResult, write_or_plan
-from .merge_methods import apply_method, derive_seed, get_method
+from ..execute.accumulate import BASE_INPUT, RESERVED_PARAMS, SEED, WEIGHTS
+from ..dtypes import FLOATING
+from ..errors import BadCheckpointError, CkptSurgeryError, PlanError, RuleError, UsageError
+from ..execute.executor import WriteResult, write_or_plan
+from ..merge_methods import apply_method, derive_seed, get_method
 from .optimizer_state import is_optimizer_state
-from .options import check_write_options
-from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, out_nbytes
+from ..options import check_write_options
+from .entries import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, out_nbytes
 from .rules import Draft, Rename, _compile, _no_match
-from .schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
+from ..schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
                      Kind, check_fields, check_value)
-from .source import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
-from .writer import DEFAULT_MEMORY_BUDGET
+from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
+from ..io.shard_writer import DEFAULT_MEMORY_BUDGET
 
 PathLike = str | os.PathLike | Checkpoint
 INT_POLICIES = ("last", "first", "error")
@@ -253,7 +253,7 @@ def last_checkpoints(folder: str | os.PathLike, n: int) -> list[str]:
         raise UsageError(f"{folder}: not a folder (--last N DIR takes a training folder)")
     state_file = path / "checkpoint"
     if state_file.is_file():
-        from ._tf import tf
+        from .._tf import tf
 
         try:
             state = tf().train.get_checkpoint_state(str(path))

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from . import faults
 from .protos import checkpoint_state_class
-from .errors import OutputError
+from ..errors import OutputError
 
 STAGING_PREFIX = ".ckptsurgery-staging-"
 MARKER = "CKPTSURGERY_STAGING"

@@ -12,13 +12,13 @@ plus the largest single tensor, whatever the model's size.
 ``finish`` merges the group prefixes into one checkpoint with
 ``MergeV2Checkpoints`` (a metadata merge: data files are renamed, not
 copied), checks the result against what was added, and publishes it
-atomically (see :mod:`ckptsurgery.publish`).
+atomically (see :mod:`ckptsurgery.io.publish`).
 
 On the byte path (``own_index=True``) unchanged tensors arrive as byte
 ranges of an input shard (:meth:`ShardWriter.add_raw`): they are copied into
 *raw groups*, data shards of at most a budget each, written by the caller's
 thread in chunks while the ``SaveV2`` groups save in the workers.  ``finish``
-then writes the final index itself (:mod:`ckptsurgery.bundle_writer`): the
+then writes the final index itself (:mod:`ckptsurgery.io.index_writer`): the
 raw groups' entries and those of the ``SaveV2`` groups' own indexes, every
 data file renamed to its final shard number; no ``MergeV2Checkpoints``, and
 no TensorFlow at all when every tensor was copied as bytes.
@@ -35,19 +35,19 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ._tf import tf
+from .._tf import tf
 from . import faults
-from .dtypes import dtype_name_of_array
-from .errors import BadCheckpointError, CkptSurgeryError, OutputError
-from .bundle_index import IndexEntry, data_filename, encode_slice_key, read_index
-from .bundle_writer import write_index
+from ..dtypes import dtype_name_of_array
+from ..errors import BadCheckpointError, CkptSurgeryError, OutputError
+from .index import IndexEntry, data_filename, encode_slice_key, read_index
+from .index_writer import write_index
 from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes
 from .fileio import DONTNEED, advise
 from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
-from .sizes import parse_size
+from ..text.sizes import parse_size
 
 if TYPE_CHECKING:
-    from .bytepath import RawTensor
+    from ..execute.bytepath import RawTensor
 
 DEFAULT_MEMORY_BUDGET = "128MB"
 
@@ -178,7 +178,7 @@ class ShardWriter:
         self._group_bytes += nbytes
 
     def add_raw(self, name: str, raw: "RawTensor") -> None:
-        """Copy an unchanged tensor's bytes (``raw``, see :mod:`ckptsurgery.bytepath`) under ``name``.
+        """Copy an unchanged tensor's bytes (``raw``, see :mod:`ckptsurgery.execute.bytepath`) under ``name``.
 
         Its CRC32C is checked while the bytes stream (unless ``crc_check`` is
         off); a mismatch refuses the input, and nothing is published.
@@ -391,7 +391,7 @@ def merge_groups(prefixes: list[str], raw_entries: dict[int, list[IndexEntry]], 
 
     Group ``i``'s data file becomes shard ``i`` of ``len(prefixes)``; a
     ``SaveV2`` group's entries come from its index (parsed and checked by
-    :func:`~ckptsurgery.bundle_index.read_index`), a raw group's from
+    :func:`~ckptsurgery.io.index.read_index`), a raw group's from
     ``raw_entries``.  The full entries of partitioned variables split over
     groups are joined (their slices listed once), as ``MergeV2Checkpoints`` does.
     """

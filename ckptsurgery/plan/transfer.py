@@ -28,12 +28,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .display import display_name
-from .errors import PlanError, RuleError, UsageError
+from ..text.display import display_name
+from ..errors import PlanError, RuleError, UsageError
 from .optimizer_state import is_optimizer_state
-from .plan import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, drafts_of, out_nbytes
+from .entries import ObjectGraphRewrite, OutputEntry, Plan, TensorRef, drafts_of, out_nbytes
 from .rules import Draft, Rule, merge_adjacent_keeps
-from .source import OBJECT_GRAPH_KEY, Checkpoint
+from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint
 from .step_counters import is_step_counter
 
 
@@ -277,7 +277,7 @@ def variables_by_key(root: Any) -> dict[str, Any]:
     the transferred variables.  Like TF, it walks the object graph breadth
     first and names each object by the first path that reaches it.
     """
-    from ._tf import tf
+    from .._tf import tf
 
     tf_ = tf()
     view = tf_.train.TrackableView(root)
