@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from ckptsurgery.io.reader import OBJECT_GRAPH_KEY
 from ckptsurgery.io.shard_writer import ShardWriter
 from conftest import run_cli
 from models import TinyModel, assert_same_variables, make_keras_model, restore_tf1
+from helpers import copy_files, flip_in
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -43,28 +43,6 @@ def tf_values(prefix: str) -> dict[str, tuple]:
         else:
             out[name] = (value.dtype.str, value.shape, value.tobytes())
     return out
-
-
-def copy_files(prefix: str, folder: Path) -> str:
-    """A byte-for-byte copy of the checkpoint's own files into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    src = Path(prefix)
-    for f in src.parent.iterdir():
-        if f.name == src.name + ".index" or f.name.startswith(src.name + ".data-"):
-            shutil.copy(f, folder / f.name)
-    return str(folder / src.name)
-
-
-def flip_in(prefix: str, tensor: str, slice_number: int = 0) -> None:
-    """Flip one bit in the middle of ``tensor``'s bytes (of its n-th slice if partitioned)."""
-    index = read_index(prefix)
-    entry = index.entries[tensor]
-    if not entry.has_data:
-        entry = sorted(index.slice_entries[tensor], key=lambda e: e.offset)[slice_number]
-    path = Path(index.data_path(entry.shard_id))
-    data = bytearray(path.read_bytes())
-    data[entry.offset + entry.size // 2] ^= 0x04
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +240,7 @@ def test_our_index_encodes_every_entry_as_tensorflow_did(tf1_ckpt, tf2_ckpt):
 NO_TF_SCRIPT = """
 import sys
 import ckptsurgery as cs
-from ckptsurgery.io import publish
+from ckptsurgery.io.publish import commit as publish
 state_files = []
 publish.update_state_file = state_files.append  # the folder's state file is written through TF (publish.py)
 src1, src2, out = sys.argv[1:4]

@@ -33,6 +33,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
+
 BUDGET = "100B"  # tiny: the 1 KB test model is saved in many shard groups
 DEST = "model.ckpt"
 DECOY = ".ckptsurgery-staging-model.ckpt-decoy0001"  # named like ours, but no marker
@@ -236,7 +238,7 @@ def test_kill_at_any_point_leaves_old_or_new_and_recovers(case, crash_env, cli):
         actions = json.loads(cleaned.stdout)["actions"]
         assert {"action": "removed-staging", "path": str(folder / ours[0]), "detail": ""} in actions
     elif case.recovery == "api":
-        from ckptsurgery.io.publish import clean_actions
+        from ckptsurgery.io.publish.clean import clean_actions
 
         actions = [a.to_json() for a in clean_actions(folder)]
         assert any(a["action"] == "removed-staging" and a["path"].endswith(ours[0]) for a in actions)
@@ -306,7 +308,9 @@ def test_disk_full_mid_run_keeps_previous_checkpoint(point, budget, tf1_ckpt, tm
 
 def test_journal_names_outside_the_folder_are_never_acted_on(tmp_path):
     """A hand-made (or corrupt) journal pointing elsewhere must not make clean delete or move files there."""
-    from ckptsurgery.io.publish import JOURNAL, MARKER, clean_actions
+    from ckptsurgery.io.publish.clean import clean_actions
+    from ckptsurgery.io.publish.journal import JOURNAL
+    from ckptsurgery.io.publish.staging import MARKER
 
     victim = tmp_path / "elsewhere"
     victim.mkdir()

@@ -39,6 +39,8 @@ from conftest import ROOT
 from ckptsurgery.io.index import read_index
 from index_writer import rewrite_entry
 
+pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
+
 OK_CODES = {0, 1, 3, 4}
 CASES_PER_PROCESS = 8
 TIMEOUT = 60.0  # seconds per command: longer is a hang

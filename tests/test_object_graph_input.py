@@ -28,6 +28,8 @@ from ckptsurgery.plan.objectgraph import object_graph_problems
 from ckptsurgery.io.reader import OBJECT_GRAPH_KEY
 from models import TinyModel
 
+pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
+
 SEED = 20261126
 
 

@@ -15,9 +15,8 @@ from typing import Sequence
 
 from .. import api
 from ..errors import (EXIT_DIFFERENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE,
-                     CkptSurgeryError)
+                     CkptSurgeryError, error_line, print_error)
 from ..plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
-from ..text.display import display_text
 from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
 
 
@@ -33,7 +32,7 @@ class _RuleAction(argparse.Action):
         try:
             rules.append(self.make_rule(values if isinstance(values, list) else [values] if values is not None else []))
         except CkptSurgeryError as exc:
-            parser.exit(exc.exit_code, f"ckptsurgery: error: {display_text(exc)}\n")
+            parser.exit(exc.exit_code, error_line(exc) + "\n")
         namespace.rules = rules
 
 
@@ -206,9 +205,8 @@ def _version() -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..report.inspect import render_table, render_tree
-    from ..io.reader import open_checkpoint
 
-    ckpt = open_checkpoint(args.checkpoint)
+    ckpt = api.open_checkpoint(args.checkpoint)
     if args.json:
         print(json.dumps(api.inspect(ckpt), indent=2))
     else:
@@ -225,9 +223,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise CkptSurgeryError("edit needs at least one rule (--rename, --keep, --drop, --drop-optimizer, --cast, --resize); "
                                "use 'copy' to copy unchanged")
     from ..report.dropped import dropped_by_name, dropped_by_rule, render_dropped
-    from ..io.reader import open_checkpoint
 
-    src = open_checkpoint(args.src)
+    src = api.open_checkpoint(args.src)
     result = api.edit(src, args.dst, args.rules, dry_run=args.dry_run, **write_options(args))
     if not args.json and not isinstance(result, api.Plan) and result.dropped:
         by_rule = dropped_by_rule(src, args.rules)  # index only: replays the rules to say why
@@ -237,9 +234,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from ..plan.transfer import load_name_map
-
-    name_map = load_name_map(args.name_map) if args.name_map else None
+    name_map = api.load_name_map(args.name_map) if args.name_map else None
     result, report = api.transfer(args.old, args.new, args.dst, rules=args.rules, name_map=name_map,
                                   strict=args.strict, skip_optimizer=args.skip_optimizer,
                                   old_step_counters=args.old_step_counters, dry_run=args.dry_run,
@@ -256,15 +251,13 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from ..report.diff import diff
-
-    report = diff(args.a, args.b, atol=args.atol, values=not args.names_only, progress=None)
+    report = api.diff(args.a, args.b, atol=args.atol, values=not args.names_only, progress=None)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return EXIT_OK if report.identical else EXIT_DIFFERENT
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..recipe import run_recipe
+    from ..recipe import run_recipe  # the recipe front end checks the flags as "command line" overrides
 
     result, report = run_recipe(args.recipe, dry_run=args.dry_run, overrides=write_options(args))
     if report is not None and not args.json:
@@ -291,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CkptSurgeryError as exc:
         if args.debug:
             raise
-        print(f"ckptsurgery: error: {display_text(exc)}", file=sys.stderr)  # names are input: escape controls
+        print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ckptsurgery: interrupted; nothing was published", file=sys.stderr)
@@ -304,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        print(display_text(f"ckptsurgery: error: {exc.filename or ''}: {exc.strerror or exc}"), file=sys.stderr)
+        print_error(f"{exc.filename or ''}: {exc.strerror or exc}")
         return EXIT_IO
     except Exception as exc:  # the last resort: a bug of ours must still be one line, not a traceback
         if args.debug:

@@ -1,11 +1,11 @@
-"""``ckptsurgery average`` and ``ckptsurgery merge``: thin flags over :mod:`ckptsurgery.plan.batch`."""
+"""``ckptsurgery average`` and ``ckptsurgery merge``: thin flags over :func:`ckptsurgery.api.average` and :func:`ckptsurgery.api.merge`."""
 
 from __future__ import annotations
 
 import argparse
 
 from .common import CKPT_HELP, Formatter, add_write_options, emit_write, write_options
-from ..errors import CkptSurgeryError, UsageError
+from ..errors import EXIT_USAGE, CkptSurgeryError, UsageError, error_line
 
 AVERAGE_EPILOG = """\
 examples:
@@ -104,7 +104,7 @@ def add_commands(sub) -> None:
 
 
 def _fail(parser: argparse.ArgumentParser, message: str) -> None:
-    parser.exit(2, f"ckptsurgery: error: {message}\n")
+    parser.exit(EXIT_USAGE, error_line(message) + "\n")
 
 
 class _TakeAction(argparse.Action):
@@ -124,7 +124,7 @@ class _RenameAction(argparse.Action):
 
 class _MethodAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from ..plan.batch import MethodRule
+        from ..api import MethodRule
 
         if len(values) < 2:
             _fail(parser, "--method needs PATTERN METHOD [KEY=VALUE ...], e.g. --method '^encoder/' linear")
@@ -192,7 +192,7 @@ def _print_dropped(result, args: argparse.Namespace, other: str = "other") -> No
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from ..plan import batch
+    from .. import api
 
     checkpoints = list(args.checkpoints)
     if args.last:
@@ -203,10 +203,10 @@ def cmd_average(args: argparse.Namespace) -> int:
             n = int(count)
         except ValueError:
             raise UsageError(f"--last {count} {folder}: N must be a number, e.g. --last 5 run/") from None
-        checkpoints = batch.last_checkpoints(folder, n)
+        checkpoints = api.last_checkpoints(folder, n)
     if not checkpoints:
         raise UsageError("average needs checkpoints (CKPT...) or --last N DIR")
-    result = batch.average(checkpoints, args.out, weights=args.weights, ema=args.ema, int_policy=args.int_policy,
+    result = api.average(checkpoints, args.out, weights=args.weights, ema=args.ema, int_policy=args.int_policy,
                            keep_optimizer=args.keep_optimizer, intersection=args.intersection,
                            allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run, **write_options(args))
     _print_dropped(result, args, other="not in every input")
@@ -214,12 +214,12 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ..plan import batch
+    from .. import api
 
     if not args.takes:
         raise UsageError("merge needs at least one --take ALIAS PATTERN")
-    takes = [batch.Take(alias, pattern, renames) for alias, pattern, renames in args.takes]
-    result = batch.merge(_sources(args.source), args.out, takes=takes, methods=args.methods, base=args.base,
+    takes = [api.Take(alias, pattern, renames) for alias, pattern, renames in args.takes]
+    result = api.merge(_sources(args.source), args.out, takes=takes, methods=args.methods, base=args.base,
                          seed=args.seed, keep_optimizer=args.keep_optimizer, graph_from=args.graph_from,
                          allow_nonfinite=args.allow_nonfinite, dry_run=args.dry_run, **write_options(args))
     _print_dropped(result, args)

@@ -10,13 +10,12 @@ import argparse
 import json
 
 from ..text.display import display_name
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, exit_codes_epilog
 from ..text.sizes import format_size
 from ..plan.entries import Plan
-from ..io.shard_writer import DEFAULT_MEMORY_BUDGET
+from ..options import DEFAULT_MEMORY_BUDGET
 
-EPILOG_EXIT_CODES = ("exit codes: 0 ok, 1 differences found, 2 usage error, 3 bad input, 4 I/O error,\n"
-                     "5 internal error (a bug: rerun with --debug and report it), 130 interrupted (Ctrl-C)")
+EPILOG_EXIT_CODES = exit_codes_epilog()
 
 CKPT_HELP = "a checkpoint: prefix (run/model.ckpt-1000), folder, 'checkpoint' state file, .index/.data file, or SavedModel folder"
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter
 from ..text.display import display_text
-from ..errors import EXIT_IO, EXIT_OK
+from ..errors import EXIT_IO, EXIT_OK, print_error
 
 
 def add_commands(sub) -> None:
@@ -47,26 +46,20 @@ def add_commands(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..execute.executor import progress_bar
-    from ..report.verify import ONLY_OTHER, verify
-    from ..io.reader import open_checkpoint
+    from .. import api
 
-    ckpt = open_checkpoint(args.checkpoint)
-    with progress_bar(ckpt.total_bytes, None, "verifying") as bar:
-        report = verify(ckpt, against=args.against,
-                        on_tensor=lambda check: bar.update(0 if check.status == ONLY_OTHER else check.nbytes))
+    report = api.verify(args.checkpoint, against=args.against, progress=None)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     error = report.error_line()
     if error is not None:
-        sys.stdout.flush()
-        print(f"ckptsurgery: error: {display_text(error)}", file=sys.stderr)
+        print_error(error, after_output=True)
     return report.exit_code
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from ..io.publish import clean_actions
+    from .. import api
 
-    actions = clean_actions(args.folder)
+    actions = api.clean_actions(args.folder)
     if args.json:
         print(json.dumps({"folder": args.folder, "actions": [a.to_json() for a in actions]}, indent=2))
     elif actions:
@@ -75,8 +68,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         print(f"nothing to clean in {args.folder}")
     kept = [a for a in actions if a.action == "kept-previous"]
     if kept:
-        sys.stdout.flush()
-        print(f"ckptsurgery: error: {kept[0].path}: could not restore the previous checkpoint; "
-              "it is kept in previous/ inside that folder", file=sys.stderr)
+        print_error(f"{kept[0].path}: could not restore the previous checkpoint; "
+                    "it is kept in previous/ inside that folder", after_output=True)
         return EXIT_IO
     return EXIT_OK

@@ -12,14 +12,13 @@ by the model.
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..text.display import display_name
+from ..text.progress import progress_bar
 from ..dtypes import FLOATING, dtype_name_of_array, numpy_dtype
 from ..errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
 from ..plan.objectgraph import checked_object_graph, rewrite_object_graph
@@ -28,7 +27,9 @@ from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from .bytepath import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from ..transforms import apply_steps
-from ..io.shard_writer import DEFAULT_MEMORY_BUDGET, ShardWriter, resolve_destination
+from ..values import same_bits
+from ..io.shard_writer import ShardWriter, resolve_destination
+from ..options import DEFAULT_MEMORY_BUDGET
 
 
 @dataclass
@@ -198,16 +199,6 @@ def _check_finite(entry: OutputEntry, value: Any) -> None:
         raise NonFiniteError(f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
 
 
-def progress_bar(total: int, enabled: bool | None, desc: str):
-    """A tqdm bar in bytes; ``enabled=None`` means: only when stderr is a terminal."""
-    from tqdm import tqdm
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=display_name(desc), disable=not enabled,
-                dynamic_ncols=True, leave=False)
-
-
 def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = None) -> WriteResult:
     """Write ``plan`` to ``dest``; publish atomically or leave nothing behind."""
     options = options or WriteOptions()
@@ -322,7 +313,5 @@ def verify_values(plan: Plan, prefix: str) -> None:
         except BadCheckpointError as exc:  # e.g. copied bytes that fail their checksum
             raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} does not read back "
                               f"({exc.detail}); nothing published") from None
-        same = np.array_equal(want, got) if want.dtype == np.object_ else (
-            want.shape == got.shape and want.dtype == got.dtype and want.tobytes() == got.tobytes())
-        if not same:
+        if not same_bits(want, got):
             raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} differs from the plan")

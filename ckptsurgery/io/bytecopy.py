@@ -23,6 +23,7 @@ import struct
 import google_crc32c
 
 from .index import DT_STRING, IndexEntry, mask, unmask
+from .index_writer import varint
 
 #: Bytes read and written per step: large enough for full-speed I/O, small next to any budget.
 CHUNK = 8 << 20
@@ -204,7 +205,7 @@ def _copy_in_kernel(src: ShardInput, offset: int, size: int, dst: ShardOutput) -
 
 def encode_string_tensor(values: list[bytes]) -> tuple[bytes, int]:
     """A string tensor's on-disk bytes and the masked CRC32C for its entry (TF's ``WriteStringTensor``)."""
-    lengths = b"".join(varint64(len(v)) for v in values)
+    lengths = b"".join(varint(len(v)) for v in values)
     crc = crc32c_extend(0, b"".join(
         struct.pack("<I", len(v)) if len(v) <= 0xFFFFFFFF else struct.pack("<Q", len(v)) for v in values))
     length_checksum = struct.pack("<I", mask(crc))
@@ -233,11 +234,3 @@ def decode_string_scalar(data: bytes, entry: IndexEntry) -> bytes:
         raise ChecksumMismatch(unmask(entry.crc32c), checksum.crc)
     return value
 
-
-def varint64(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

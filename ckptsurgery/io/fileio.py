@@ -7,6 +7,7 @@ read into this process, and a failure changes nothing but speed.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 
@@ -30,3 +31,8 @@ def advise(path: str | os.PathLike, advice: int, ranges: Iterable[tuple[int, int
 
 WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", 3)
 DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    text = str(exc)
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text

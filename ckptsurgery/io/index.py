@@ -43,6 +43,7 @@ is allocated.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import re
@@ -645,10 +646,7 @@ class IndexEntry:
     @property
     def num_elements(self) -> int:
         """Product of the shape (1 for a scalar); bounded by validation."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def dtype_name(self) -> str:

@@ -38,18 +38,23 @@ import numpy as np
 from .._tf import tf
 from . import faults
 from ..dtypes import dtype_name_of_array
-from ..errors import BadCheckpointError, CkptSurgeryError, OutputError
+from ..errors import BadCheckpointError, CkptSurgeryError, OutputError, first_line
 from .index import IndexEntry, data_filename, encode_slice_key, read_index
 from .index_writer import write_index
 from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes
 from .fileio import DONTNEED, advise
-from .publish import DestinationLock, Staging, checkpoint_files, is_disk_full, publish, recover_destination
+from ..options import DEFAULT_MEMORY_BUDGET
+from .fileio import is_disk_full
+from .publish.clean import recover_destination
+from .publish.commit import publish
+from .publish.lock import DestinationLock
+from .publish.staging import Staging
+from .resolve import checkpoint_files
 from ..text.sizes import parse_size
 
 if TYPE_CHECKING:
     from ..execute.bytepath import RawTensor
 
-DEFAULT_MEMORY_BUDGET = "128MB"
 
 
 def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, force: bool) -> str:
@@ -461,5 +466,4 @@ def _write_error(where: str, exc: BaseException) -> CkptSurgeryError:
     if is_disk_full(exc):
         return OutputError(f"{where}: disk full (no space left on device); nothing was published")
     message = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
-    first = next((line.strip() for line in str(message).splitlines() if line.strip()), type(exc).__name__)
-    return OutputError(f"{where}: write failed: {first[:300]}")
+    return OutputError(f"{where}: write failed: {first_line(message, type(exc).__name__)[:300]}")

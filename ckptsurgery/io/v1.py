@@ -30,7 +30,7 @@ the largest block, i.e. by the largest tensor.
 from __future__ import annotations
 
 import bisect
-import glob
+import math
 import os
 import re
 import struct
@@ -218,10 +218,7 @@ class V1Tensor:
 
     @property
     def num_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def partitioned(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ..text.display import display_name
 from ..dtypes import itemsize
@@ -39,6 +39,10 @@ class OutputEntry:
 
     One input: read it, apply ``steps``.  Several inputs: read each, combine
     them with merge ``method`` (float64 accumulation), then apply ``steps``.
+    A merge's call is typed: ``params`` are the method's own parameters;
+    ``weights`` one per merged input (base excluded; None: the method's
+    default); ``seed`` the per-tensor seed (already derived from the name);
+    ``base_input``: ``inputs[0]`` is the base tensor, not an input to merge.
     """
 
     name: str
@@ -49,8 +53,24 @@ class OutputEntry:
     nbytes_out: int
     steps: tuple[Step, ...] = ()
     method: str | None = None
-    method_params: dict[str, Any] = field(default_factory=dict, hash=False)
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    weights: tuple[float, ...] | None = None
+    seed: int | None = None
+    base_input: bool = False
     note: str = ""  # why this entry changed beyond its own rules, e.g. "slot of dense/kernel"
+
+    @property
+    def method_params(self) -> dict[str, Any]:
+        """The merge call as one mapping (for display and ``--json``): the method's
+        parameters, then ``base_input``, ``weights`` and ``seed`` where set."""
+        out = dict(self.params)
+        if self.base_input:
+            out["base_input"] = True
+        if self.weights is not None:
+            out["weights"] = list(self.weights)
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
 
     @property
     def passthrough(self) -> bool:
@@ -236,3 +256,30 @@ def plan_edit(ckpt: Checkpoint, rules: list[Rule], alias: str = "src") -> Plan:
         graph = ObjectGraphRewrite(alias, key_map)
     entries = [entry_from_draft(d, ckpt) for d in drafts]
     return Plan({alias: ckpt}, entries, graph, dropped)
+
+
+def carry_object_graph(sources: dict[str, Checkpoint], candidates: Sequence[str], entries: list[OutputEntry],
+                renamed: Mapping[str, str] | None = None) -> ObjectGraphRewrite | None:
+    """Carry the object graph of the first candidate source that has one.
+
+    Each of that source's keys is kept when the output has a tensor of that
+    name, else follows ``renamed`` (the source's own tensor taken under a new
+    name), else is dropped from the graph.
+    """
+    out_names = {e.name for e in entries}
+    for alias in candidates:
+        ckpt = sources[alias]
+        if OBJECT_GRAPH_KEY not in ckpt:
+            continue
+        keys = [t.name for t in ckpt if t.name != OBJECT_GRAPH_KEY]
+        key_set = set(keys)
+        key_map: dict[str, str | None] = {}
+        for key in keys:
+            if key in out_names:
+                key_map[key] = key
+            elif renamed and renamed.get(key) in out_names and renamed[key] not in key_set:
+                key_map[key] = renamed[key]
+            else:
+                key_map[key] = None
+        return ObjectGraphRewrite(alias, key_map)
+    return None

@@ -58,14 +58,14 @@ def _flag_loose_slots(rule: str, drafts: list[Draft], changed: list[tuple[Draft,
             )
 
 
-def _compile(pattern: str, rule: str) -> re.Pattern[str]:
+def compile_pattern(pattern: str, rule: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:
         raise RuleError(f"{rule}: invalid regular expression {pattern!r}: {exc}") from None
 
 
-def _no_match(rule: str, pattern: str, drafts: list[Draft]) -> RuleError:
+def no_match(rule: str, pattern: str, drafts: list[Draft]) -> RuleError:
     """The error for a rule that matches nothing, with the closest names or scopes."""
     names = [d.name for d in drafts]
     scopes = {n.rsplit("/", i)[0] + "/" for n in names for i in range(1, n.count("/") + 1)}
@@ -98,7 +98,7 @@ class Rename(Rule):
     replacement: str
 
     def __post_init__(self) -> None:
-        self._regex = _compile(self.pattern, self.describe())
+        self._regex = compile_pattern(self.pattern, self.describe())
 
     def describe(self) -> str:
         return f"--rename {self.pattern!r} {self.replacement!r}"
@@ -115,7 +115,7 @@ class Rename(Rule):
                 if not draft.name:
                     raise RuleError(f"{self.describe()}: renames {draft.source_name!r} to an empty name")
         if not matched:
-            raise _no_match(self.describe(), self.pattern, drafts)
+            raise no_match(self.describe(), self.pattern, drafts)
         return drafts
 
 
@@ -126,7 +126,7 @@ class Keep(Rule):
     patterns: list[str]
 
     def __post_init__(self) -> None:
-        self._regexes = [_compile(p, f"--keep {p!r}") for p in self.patterns]
+        self._regexes = [compile_pattern(p, f"--keep {p!r}") for p in self.patterns]
 
     def describe(self) -> str:
         return " ".join(f"--keep {p!r}" for p in self.patterns)
@@ -134,7 +134,7 @@ class Keep(Rule):
     def apply(self, drafts: list[Draft]) -> list[Draft]:
         for pattern, regex in zip(self.patterns, self._regexes):
             if not any(regex.search(d.name) for d in drafts):
-                raise _no_match(f"--keep {pattern!r}", pattern, drafts)
+                raise no_match(f"--keep {pattern!r}", pattern, drafts)
         return [d for d in drafts if any(r.search(d.name) for r in self._regexes)]
 
 
@@ -145,7 +145,7 @@ class Drop(Rule):
     pattern: str
 
     def __post_init__(self) -> None:
-        self._regex = _compile(self.pattern, self.describe())
+        self._regex = compile_pattern(self.pattern, self.describe())
 
     def describe(self) -> str:
         return f"--drop {self.pattern!r}"
@@ -153,7 +153,7 @@ class Drop(Rule):
     def apply(self, drafts: list[Draft]) -> list[Draft]:
         kept = [d for d in drafts if not self._regex.search(d.name)]
         if len(kept) == len(drafts):
-            raise _no_match(self.describe(), self.pattern, drafts)
+            raise no_match(self.describe(), self.pattern, drafts)
         return kept
 
 
@@ -185,7 +185,7 @@ class Cast(Rule):
                 raise RuleError(f"{self.describe()}: unknown dtype {dtype!r}; known: {', '.join(sorted(KNOWN))}")
             if dtype not in NUMERIC and dtype != "bool":
                 raise RuleError(f"{self.describe()}: cannot cast {dtype} tensors (only numeric dtypes)")
-        self._regex = _compile(self.pattern, self.describe()) if self.pattern else None
+        self._regex = compile_pattern(self.pattern, self.describe()) if self.pattern else None
 
     def describe(self) -> str:
         return f"--cast {self.from_dtype}:{self.to_dtype}" + (f" {self.pattern!r}" if self.pattern else "")
@@ -241,7 +241,7 @@ class Resize(Rule):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self._regex = _compile(self.pattern, self.describe())
+        self._regex = compile_pattern(self.pattern, self.describe())
         self._dims = parse_shape(self.shape, self.describe())
         problem = check_init(self.init)
         if problem:
@@ -271,7 +271,7 @@ class Resize(Rule):
                 draft.steps.append(Step("resize", {"shape": new_shape, "init": self.init, "seed": self.seed}))
                 draft.shape = new_shape
         if not hits:
-            raise _no_match(self.describe(), self.pattern, drafts)
+            raise no_match(self.describe(), self.pattern, drafts)
         self._resize_slots(drafts, followers, changed)
         return drafts
 

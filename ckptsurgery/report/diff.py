@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..text.display import display_name
-from ..execute.executor import progress_bar
+from ..text.progress import progress_bar
+from ..values import same_bits
 from ..io.reader import Checkpoint, open_checkpoint
 
 
@@ -71,8 +72,7 @@ def _value_diff(name: str, x: np.ndarray, y: np.ndarray, atol: float) -> ValueDi
     if x.dtype == np.object_ or x.dtype.kind == "b":
         differing = int(np.count_nonzero(x != y))
         return ValueDiff(name, None, None, differing, x.size) if differing else None
-    same_bits = x.tobytes() == y.tobytes()
-    if same_bits:
+    if same_bits(x, y):
         return None
     xf = x.astype(np.complex128 if x.dtype.kind == "c" else np.float64)
     yf = y.astype(xf.dtype)

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from ..text.display import display_name
 from ..text.sizes import format_size
+from ..text.table import table_lines
 from ..io.reader import Checkpoint
 
 
@@ -22,12 +23,7 @@ def summary_json(ckpt: Checkpoint) -> dict:
 
 def render_table(ckpt: Checkpoint) -> str:
     rows = [(display_name(t.name), t.dtype, str(list(t.shape)), format_size(t.nbytes)) for t in ckpt]
-    header = ("name", "dtype", "shape", "size")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    for row in rows:
-        lines.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]),
-                                row[3].rjust(widths[3])]))
+    lines = table_lines(("name", "dtype", "shape", "size"), rows, right={3})
     lines.append(_totals(ckpt))
     return "\n".join(lines)
 

@@ -34,6 +34,8 @@ import numpy as np
 from ..text.display import display_name
 from ..errors import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK, BadCheckpointError
 from ..text.sizes import format_size
+from ..text.table import table_lines
+from ..values import count_differences
 from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
 
 #: Per-tensor statuses.
@@ -109,12 +111,7 @@ class VerifyReport:
         """A table, one row per tensor, then one line per problem, then a summary."""
         rows = [(display_name(t.name), t.dtype, str(list(t.shape)) if t.status != ONLY_OTHER else "", format_size(t.nbytes),
                  t.status) for t in self.tensors]
-        header = ("name", "dtype", "shape", "size", "status")
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-        for r in rows:
-            lines.append("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]),
-                                    r[3].rjust(widths[3]), r[4]]).rstrip())
+        lines = table_lines(("name", "dtype", "shape", "size", "status"), rows, right={3})
         for t in self.tensors:
             if t.status != OK:
                 lines.append(f"{t.status.upper()}: {t.name}: {t.detail}")
@@ -210,49 +207,3 @@ def _compare(check: TensorCheck, value: np.ndarray, other: Checkpoint) -> None:
     if differing:
         check.status = DIFFERENT
         check.detail = f"{differing} of {max(value.size, 1)} elements differ"
-
-
-def count_differences(x: np.ndarray, y: np.ndarray) -> int:
-    """Elements whose bits differ, NaN counting as equal to NaN; 0 when identical."""
-    if x.shape != y.shape:
-        return max(x.size, y.size, 1)
-    if x.dtype == np.object_ or y.dtype == np.object_:
-        xs, ys = x.reshape(-1), y.reshape(-1)
-        return sum(_as_bytes(a) != _as_bytes(b) for a, b in zip(xs, ys))
-    if x.dtype != y.dtype:
-        return max(x.size, 1)
-    if x.tobytes() == y.tobytes():
-        return 0
-    bx = _bits(x)
-    by = _bits(y)
-    differ = np.any(bx != by, axis=-1) if bx.ndim > 1 else bx != by
-    if differ.any() and _is_floating(x):
-        differ &= ~(_isnan(x).reshape(-1) & _isnan(y).reshape(-1))
-    return int(np.count_nonzero(differ))
-
-
-def _as_bytes(v: Any) -> bytes:
-    return v if isinstance(v, bytes) else str(v).encode()
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    """One row of raw bytes per element (or one unsigned int per element)."""
-    flat = np.ascontiguousarray(a).reshape(-1)
-    size = a.dtype.itemsize
-    uint = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(size)
-    if uint is not None:
-        return flat.view(uint)
-    return flat.view(np.uint8).reshape(flat.size, size)
-
-
-def _is_floating(a: np.ndarray) -> bool:
-    if a.dtype.kind in "fc":
-        return True
-    return a.dtype.name in ("bfloat16",) or a.dtype.name.startswith("float8")
-
-
-def _isnan(a: np.ndarray) -> np.ndarray:
-    try:
-        return np.isnan(a)
-    except TypeError:
-        return np.isnan(a.astype(np.float32))

@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import UsageError
-from .options import short_repr
+from ..errors import UsageError
+from ..options import short_repr
 
 
 def _is_int(value: Any) -> bool:

@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .options import WRITE_OPTIONS, check_write_options
-from .plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from ..errors import UsageError
+from ..options import WRITE_OPTIONS, check_write_options
+from ..plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
 from .schema import (BOOL, MAPPING, NAME_MAP, NON_NEGATIVE_INT, PATH, PATTERN, PATTERNS, SHAPE, STRING, Kind,
                      check_fields, check_mapping, check_value)
 
@@ -191,7 +191,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
     ``overrides`` are write options given on the command line; they win over
     the recipe's ``options``.
     """
-    from . import api
+    from .. import api
 
     data = load_recipe(path)
     base = Path(path).resolve().parent
@@ -216,7 +216,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
         renames = [Rename(*_pair(f"{where}.rename[{i}]", r)) for i, r in enumerate(section.get("rename", []))]
         name_map = section.get("map")
         if isinstance(name_map, str):
-            from .plan.transfer import load_name_map
+            from ..plan.transfer import load_name_map
 
             name_map = load_name_map(resolve(name_map))
         result, report = api.transfer(resolve(section["from"]), resolve(section["into"]), output, rules=renames,
@@ -228,9 +228,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
             report.write(resolve(section["report"]))
         return result, report
 
-    from .plan import batch  # average and merge live with the batch planner
+    from .sections import average_from_spec, merge_from_spec
 
-    builder = getattr(batch, f"{action}_from_spec", None)
-    if builder is None:
-        raise UsageError(f"{where}: this version cannot run {action} recipes")
-    return builder(section, output, resolve=resolve, dry_run=dry_run, where=where, **options), None
+    runner = {"average": average_from_spec, "merge": merge_from_spec}[action]
+    return runner(section, output, resolve=resolve, dry_run=dry_run, where=where, **options), None
