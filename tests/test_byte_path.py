@@ -21,7 +21,8 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.io.index import parse_table, read_index, validate_checkpoint
+from ckptsurgery.io.index import read_index, validate_checkpoint
+from ckptsurgery.io.table import parse_table
 from ckptsurgery.errors import BadCheckpointError, OutputError
 from ckptsurgery.report.verify import verify
 from ckptsurgery.io.reader import OBJECT_GRAPH_KEY

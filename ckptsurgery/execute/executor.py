@@ -25,7 +25,7 @@ from ..plan.objectgraph import checked_object_graph, rewrite_object_graph
 from ..options import check_write_options
 from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
-from .bytepath import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
+from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from ..transforms import apply_steps
 from ..values import same_bits
 from ..io.shard_writer import ShardWriter, resolve_destination

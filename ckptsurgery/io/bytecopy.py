@@ -19,14 +19,33 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from dataclasses import dataclass
 
 import google_crc32c
 
-from .index import DT_STRING, IndexEntry, mask, unmask
+from .index import DT_STRING, BundleIndex, IndexEntry
+from .table import mask, unmask
 from .index_writer import varint
 
 #: Bytes read and written per step: large enough for full-speed I/O, small next to any budget.
 CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """Where a pass-through tensor's bytes are: its entry and the entries holding its data.
+
+    A plain tensor's ``parts`` is ``(entry,)``; a TF1 partitioned variable's
+    ``entry`` only lists its slices, and ``parts`` are the slice entries.
+    """
+
+    index: BundleIndex
+    entry: IndexEntry
+    parts: tuple[IndexEntry, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.size for part in self.parts)
 
 
 class ChecksumMismatch(Exception):

@@ -1,6 +1,6 @@
 """Write a TensorFlow V2 checkpoint index (``<prefix>.index``) ourselves.
 
-The byte path (see :mod:`ckptsurgery.execute.bytepath`) copies tensors as byte
+The byte path (see :mod:`ckptsurgery.plan.byte_path`) copies tensors as byte
 ranges into data shards TensorFlow never saw, and merges them with the
 shards ``SaveV2`` wrote for computed tensors.  What makes those files one
 checkpoint is the index, so we write it: the same table format
@@ -21,7 +21,8 @@ import os
 import struct
 from collections.abc import Iterable
 
-from .index import TABLE_MAGIC, IndexEntry, masked_crc32c
+from .index import IndexEntry
+from .table import TABLE_MAGIC, masked_crc32c
 
 #: TF's ``table::Options`` defaults, which the bundle writer keeps.
 BLOCK_SIZE = 262144

@@ -1,5 +1,8 @@
 """The one writer: budget-sized ``SaveV2`` groups, ``MergeV2Checkpoints``, atomic publish.
 
+(Over 400 lines, on purpose: :class:`ShardWriter` is one state machine (groups in flight, raw
+groups, the final index, publish); splitting it would spread that state over several modules.)
+
 Tensors arrive one at a time.  They are collected into a *group* until the
 group would exceed the memory budget; the full group is handed to a worker
 thread that saves it with TensorFlow's ``SaveV2`` op into its own staging
@@ -53,7 +56,7 @@ from .resolve import checkpoint_files
 from ..text.sizes import parse_size
 
 if TYPE_CHECKING:
-    from ..execute.bytepath import RawTensor
+    from .bytecopy import RawTensor
 
 
 
@@ -183,7 +186,7 @@ class ShardWriter:
         self._group_bytes += nbytes
 
     def add_raw(self, name: str, raw: "RawTensor") -> None:
-        """Copy an unchanged tensor's bytes (``raw``, see :mod:`ckptsurgery.execute.bytepath`) under ``name``.
+        """Copy an unchanged tensor's bytes (``raw``, see :mod:`ckptsurgery.plan.byte_path`) under ``name``.
 
         Its CRC32C is checked while the bytes stream (unless ``crc_check`` is
         off); a mismatch refuses the input, and nothing is published.

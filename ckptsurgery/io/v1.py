@@ -38,28 +38,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from .index import (
-    BLOCK_TRAILER_SIZE,
     DT_RESOURCE,
     DT_STRING,
     DT_VARIANT,
-    FOOTER_SIZE,
     MAX_ELEMENTS,
     MAX_RANK,
-    TABLE_MAGIC,
     _DTYPES,
     _LFS_MAGIC,
     _UNEXPECTED,
     _check_extents,
     _check_no_overlap,
-    _decode_handle,
     _extents_of,
-    _Malformed,
-    _parse_block,
-    _read_block,
     _stat_regular,
     dtype_name,
     encode_slice_key,
     format_slice,
+)
+from .table import (
+    BLOCK_TRAILER_SIZE,
+    FOOTER_SIZE,
+    TABLE_MAGIC,
+    _decode_handle,
+    _Malformed,
+    _parse_block,
+    _read_block,
 )
 from ..errors import BadCheckpointError
 

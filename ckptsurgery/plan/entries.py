@@ -75,7 +75,7 @@ class OutputEntry:
     @property
     def passthrough(self) -> bool:
         """Same dtype, shape and value as its one input (only the name may change): the
-        executor may copy its bytes instead of decoding it (see :mod:`ckptsurgery.execute.bytepath`)."""
+        executor may copy its bytes instead of decoding it (see :mod:`ckptsurgery.plan.byte_path`)."""
         return self.method is None and not self.steps and len(self.inputs) == 1
 
     def to_json(self) -> dict:
@@ -166,7 +166,7 @@ class Plan:
         if self.object_graph is not None:
             how = "rewritten to match" if self.object_graph.key_map else "carried unchanged"
             lines.append(f"  {OBJECT_GRAPH_KEY}  (object graph from {self.object_graph.source}, {how})")
-        from ..execute.bytepath import describe
+        from .byte_path import describe
 
         lines.append(describe(self, self.byte_path))
         lines.append(
@@ -177,7 +177,7 @@ class Plan:
 
 
 def _byte_path_summary(plan: Plan) -> dict:
-    from ..execute.bytepath import summary
+    from .byte_path import summary
 
     return summary(plan, plan.byte_path)
 

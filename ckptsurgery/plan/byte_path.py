@@ -22,13 +22,16 @@ is decoded, and ``--dry-run`` says so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..io.index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name, validate_checkpoint
-from ..io.bytecopy import ChecksumMismatch, ShardInput, SourceReadError, decode_string_scalar, encode_string_tensor
 from ..errors import BadCheckpointError
-from ..plan.entries import OutputEntry, Plan
+from ..io.bytecopy import (ChecksumMismatch, RawTensor, ShardInput, SourceReadError, decode_string_scalar,
+                           encode_string_tensor)
+from ..io.index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name, validate_checkpoint
 from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint
+
+if TYPE_CHECKING:  # the plan asks this module how it will be written (Plan.render), so no import back at run time
+    from .entries import OutputEntry, Plan
 
 ENV_SWITCH = "CKPTSURGERY_BYTE_PATH"
 
@@ -38,23 +41,6 @@ def byte_path_enabled(option: bool | None = None) -> bool:
     if option is not None:
         return bool(option)
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-@dataclass(frozen=True)
-class RawTensor:
-    """Where a pass-through tensor's bytes are: its entry and the entries holding its data.
-
-    A plain tensor's ``parts`` is ``(entry,)``; a TF1 partitioned variable's
-    ``entry`` only lists its slices, and ``parts`` are the slice entries.
-    """
-
-    index: BundleIndex
-    entry: IndexEntry
-    parts: tuple[IndexEntry, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(part.size for part in self.parts)
 
 
 def source_bundle(ckpt: Checkpoint) -> BundleIndex | None:
