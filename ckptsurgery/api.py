@@ -21,18 +21,41 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .errors import UsageError
-from .execute import WriteResult, write_or_plan
-from .options import check_write_options
-from .inspection import summary_json
-from .plan import Plan, plan_edit
-from .rules import Rule
-from .source import Checkpoint, open_checkpoint
-from .writer import DEFAULT_MEMORY_BUDGET
+from .errors import (BadCheckpointError, CkptSurgeryError, NonFiniteError, OutputError, PlanError, RuleError,
+                     UsageError)
+from .execute.executor import WriteOptions, WriteResult, write_or_plan
+from .io.publish.clean import CleanAction
+from .io.publish.clean import clean as _clean
+from .io.publish.clean import clean_actions as _clean_actions
+from .io.reader import Checkpoint, TensorInfo, open_checkpoint
+from .io.resolve import last_checkpoints
+from .options import DEFAULT_MEMORY_BUDGET, check_write_options
+from .plan.average import plan_average
+from .plan.entries import Plan, plan_edit
+from .plan.merge import MethodRule, Take, plan_merge
+from .plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .plan.transfer import TransferReport, load_name_map, plan_transfer, transfer_into_variables, variables_by_key
+from .report.inspect import summary_json
+from .report.verify import ONLY_OTHER, TensorCheck, VerifyReport
+from .report.verify import verify as _verify
+from .text.progress import progress_bar
 
 PathLike = str | os.PathLike | Checkpoint
+
+__all__ = [
+    # the commands, one per CLI command
+    "inspect", "copy", "edit", "transfer", "diff", "average", "merge", "verify", "clean", "clean_actions", "run_recipe",
+    # opening inputs, planning without writing, live-model transfer
+    "open_checkpoint", "last_checkpoints", "load_name_map", "plan_edit", "plan_transfer", "plan_average", "plan_merge",
+    "transfer_into_variables", "variables_by_key",
+    # the data types they take and return
+    "Checkpoint", "TensorInfo", "Rule", "Rename", "Keep", "Drop", "DropOptimizer", "Cast", "Resize", "Take", "MethodRule",
+    "Plan", "WriteOptions", "WriteResult", "TransferReport", "VerifyReport", "TensorCheck", "CleanAction",
+    # the errors they raise
+    "CkptSurgeryError", "UsageError", "RuleError", "PlanError", "BadCheckpointError", "OutputError", "NonFiniteError",
+]
 
 
 def inspect(path: PathLike) -> dict:
@@ -136,8 +159,6 @@ def transfer(
         PlanError: a mismatch with ``strict``.
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
-    from .warmstart import plan_transfer, transfer_into_variables
-
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
                  progress=progress, crc_check=crc_check, byte_path=byte_path)
     check_write_options(write)
@@ -157,23 +178,73 @@ def transfer(
     return write_or_plan(plan, dst, dry_run, **write), report
 
 
-def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True):
+def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, progress: bool | None = False):
     """Compare two checkpoints tensor by tensor.
 
     Args:
         a, b: the checkpoints.
         atol: values within ``atol`` count as equal (0: bit-exact).
         values: also compare values (False: names, dtypes and shapes only; no data read).
+        progress: a bar on stderr (None: only when stderr is a terminal).
 
     Returns:
-        A :class:`ckptsurgery.comparison.DiffReport` (``.identical``, ``.render()``, ``.to_json()``).
+        A :class:`ckptsurgery.report.diff.DiffReport` (``.identical``, ``.render()``, ``.to_json()``).
 
     Raises:
         BadCheckpointError: either input is not a readable checkpoint.
     """
-    from .comparison import diff as _diff
+    from .report.diff import diff as _diff
 
-    return _diff(a, b, atol=atol, values=values)
+    return _diff(a, b, atol=atol, values=values, progress=progress)
+
+
+def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | None = False,
+           on_tensor: Callable[[TensorCheck], None] | None = None) -> VerifyReport:
+    """Validate ``path``'s index and read every tensor (each CRC32C is checked).
+
+    Args:
+        path: the checkpoint.
+        against: also compare names, dtypes, shapes and values (bit-exact, NaN-aware) with this one.
+        progress: a bar on stderr (None: only when stderr is a terminal).
+        on_tensor: called with each tensor's :class:`TensorCheck` as it is checked.
+
+    Returns:
+        A :class:`VerifyReport` (``.ok``, ``.render()``, ``.to_json()``, ``.exit_code``); a tensor
+        that fails to read is reported as ``bad`` and the others are still checked.
+
+    Raises:
+        BadCheckpointError: the index or the layout of the data shards is broken.
+    """
+    ckpt = open_checkpoint(path)
+    with progress_bar(ckpt.total_bytes, progress, "verifying") as bar:
+        def checked(check: TensorCheck) -> None:
+            bar.update(0 if check.status == ONLY_OTHER else check.nbytes)
+            if on_tensor is not None:
+                on_tensor(check)
+
+        return _verify(ckpt, against=against, on_tensor=checked)
+
+
+def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[CleanAction]:
+    """Recover ``folder`` after crashed runs (``ckptsurgery clean``); returns what was done.
+
+    Args:
+        folder: the folder holding the destinations of crashed runs.
+        only_dead: leave staging folders whose process is still running.
+
+    Returns:
+        One :class:`CleanAction` per thing done or left (``kept-previous``: a previous checkpoint
+        that could not be put back, still in its staging folder's ``previous/``).
+
+    Raises:
+        OutputError: ``folder`` is not a folder.
+    """
+    return _clean_actions(folder, only_dead=only_dead)
+
+
+def clean(folder: str | os.PathLike, *, only_dead: bool = True) -> list[str]:
+    """Like :func:`clean_actions`, returning only the paths removed."""
+    return _clean(folder, only_dead=only_dead)
 
 
 def run_recipe(
@@ -208,5 +279,113 @@ def run_recipe(
     return _run(path, dry_run=dry_run, overrides=check_write_options(overrides))
 
 
-# average and merge live beside their planner; re-exported so the API mirrors the CLI in one place.
-from .batch import average, merge  # noqa: E402,F401
+def average(
+    checkpoints: Sequence[PathLike],
+    out: str | os.PathLike,
+    *,
+    weights: Sequence[float] | None = None,
+    ema: float | None = None,
+    int_policy: str = "last",
+    keep_optimizer: bool = False,
+    intersection: bool = False,
+    allow_nonfinite: bool = False,
+    dry_run: bool = False,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    workers: int = 1,
+    force: bool = False,
+    verify: bool = False,
+    fsync: bool = True,
+    progress: bool | None = None,
+    crc_check: bool = True,
+    byte_path: bool | None = None,
+) -> WriteResult | Plan:
+    """Average ``checkpoints`` into ``out``, streaming (see :func:`ckptsurgery.plan.average.plan_average`).
+
+    For the last N saves of a run::
+
+        average(last_checkpoints("runs/bert/", 5), "runs/bert-avg/model.ckpt")
+
+    Args:
+        checkpoints: the inputs, oldest first (sources ``ckpt1`` ... ``ckptN``).
+        out: destination prefix.
+        weights: one non-negative weight per input (a weighted mean); None: a plain mean.
+        ema: an exponential-moving-average decay in [0, 1) instead of ``weights``.
+        int_policy: non-floating tensors are copied from the ``"last"`` or ``"first"`` input, or ``"error"``.
+        keep_optimizer: average optimizer state too (dropped by default).
+        intersection: average only the names all inputs share (else a missing name is a PlanError).
+        allow_nonfinite: write a result with NaN or Inf instead of raising NonFiniteError.
+        dry_run, memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path: as for :func:`copy`.
+
+    Returns:
+        The :class:`WriteResult`, or the :class:`Plan` with ``dry_run``.
+
+    Raises:
+        TypeError, UsageError: a misspelled or mistyped option or weight, before anything happens.
+        PlanError: the inputs differ in names, dtypes or shapes.
+        NonFiniteError: a result holds NaN or Inf (without ``allow_nonfinite``); nothing is published.
+        BadCheckpointError, OutputError: as for :func:`copy`.
+    """
+    options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
+                                       fsync=fsync, progress=progress,
+                                       crc_check=crc_check, byte_path=byte_path))
+    plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
+                        keep_optimizer=keep_optimizer, intersection=intersection)
+    return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
+
+
+def merge(
+    sources: Mapping[str, PathLike],
+    out: str | os.PathLike,
+    *,
+    takes: Sequence[Take],
+    methods: Sequence[MethodRule] = (),
+    base: str | None = None,
+    seed: int = 0,
+    keep_optimizer: bool = False,
+    graph_from: str | None = None,
+    allow_nonfinite: bool = False,
+    dry_run: bool = False,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    workers: int = 1,
+    force: bool = False,
+    verify: bool = False,
+    fsync: bool = True,
+    progress: bool | None = None,
+    crc_check: bool = True,
+    byte_path: bool | None = None,
+) -> WriteResult | Plan:
+    """Merge parts of several ``sources`` into ``out`` (see :func:`ckptsurgery.plan.merge.plan_merge`).
+
+    Example: the encoder of ``a``, the decoder averaged from ``a`` and ``b``::
+
+        merge({"a": "runs/a/", "b": "runs/b/"}, "merged/model.ckpt",
+              takes=[Take("a", "."), Take("b", "^decoder/")],
+              methods=[MethodRule("^decoder/", "linear", weights={"a": 0.3, "b": 0.7})])
+
+    Args:
+        sources: alias -> checkpoint.
+        out: destination prefix.
+        takes: which tensors to take from which source (and how to rename them).
+        methods: how to combine output names that several sources give (first matching rule wins).
+        base: the alias whose tensors methods that need a base subtract (task_arithmetic, ties, dare).
+        seed: seed of randomised methods (each tensor gets its own, derived from its name).
+        keep_optimizer: take optimizer state too (skipped by default).
+        graph_from: the alias whose TF2 object graph to carry (default: the base, else the first take's).
+        allow_nonfinite, dry_run, memory_budget, workers, force, verify, fsync, progress, crc_check,
+            byte_path: as for :func:`average`.
+
+    Returns:
+        The :class:`WriteResult`, or the :class:`Plan` with ``dry_run``.
+
+    Raises:
+        TypeError, UsageError: a misspelled or mistyped option, an unknown alias or method.
+        RuleError: a take or method rule matches nothing, or a method's parameters are invalid.
+        PlanError: two sources give one name without a method rule, or inputs disagree in dtype or shape.
+        NonFiniteError, BadCheckpointError, OutputError: as for :func:`average`.
+    """
+    options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
+                                       fsync=fsync, progress=progress,
+                                       crc_check=crc_check, byte_path=byte_path))
+    plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
+                      graph_from=graph_from)
+    return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)

@@ -24,6 +24,11 @@ Exit codes (also in README):
 
 from __future__ import annotations
 
+import sys
+from typing import TextIO
+
+from .text.display import display_text
+
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
@@ -31,6 +36,40 @@ EXIT_BAD_INPUT = 3
 EXIT_IO = 4
 EXIT_INTERNAL = 5
 EXIT_INTERRUPTED = 130
+
+# The one short table (``--help`` epilogs); the long one is this module's doc and the README.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "ok",
+    EXIT_DIFFERENT: "differences found",
+    EXIT_USAGE: "usage error",
+    EXIT_BAD_INPUT: "bad input",
+    EXIT_IO: "I/O error",
+    EXIT_INTERNAL: "internal error (a bug: rerun with --debug and report it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def exit_codes_epilog() -> str:
+    """``exit codes: 0 ok, 1 differences found, ...`` on two lines, for ``--help``."""
+    items = [f"{code} {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "exit codes: " + ", ".join(items[:5]) + ",\n" + ", ".join(items[5:])
+
+
+def first_line(message: object, fallback: str) -> str:
+    """The first non-blank line of a multi-line message (TensorFlow's are), stripped; ``fallback`` if none."""
+    return next((line.strip() for line in str(message).splitlines() if line.strip()), fallback)
+
+
+def error_line(message: object) -> str:
+    """The one-line form of every error the CLI prints; control characters escaped (names are input)."""
+    return f"ckptsurgery: error: {display_text(message)}"
+
+
+def print_error(message: object, *, after_output: bool = False, file: TextIO | None = None) -> None:
+    """Print :func:`error_line` to stderr; ``after_output`` flushes stdout first, so a report and its error keep their order."""
+    if after_output:
+        sys.stdout.flush()
+    print(error_line(message), file=file or sys.stderr)
 
 
 class CkptSurgeryError(Exception):

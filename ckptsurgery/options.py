@@ -34,7 +34,7 @@ def _size(value: Any) -> bool:
     if _is_int(value):
         return value > 0
     if isinstance(value, str):
-        from .sizes import parse_size
+        from .text.sizes import parse_size
 
         try:
             parse_size(value)
@@ -59,8 +59,10 @@ class WriteOption:
     help: str
 
 
+DEFAULT_MEMORY_BUDGET = "128MB"  # the one default budget: flags, API signatures and the writer use it
+
 WRITE_OPTIONS: dict[str, WriteOption] = {o.name: o for o in (
-    WriteOption("memory_budget", "a positive size such as 512MB, 2GiB or a byte count", _size, "128MB",
+    WriteOption("memory_budget", "a positive size such as 512MB, 2GiB or a byte count", _size, DEFAULT_MEMORY_BUDGET,
                 "bytes of tensors held per shard group"),
     WriteOption("workers", f"an integer from 1 to {MAX_WORKERS}", lambda v: _is_int(v) and 1 <= v <= MAX_WORKERS, 1,
                 "shard groups saved in parallel (each holds up to a memory budget)"),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
-from ckptsurgery import bundle_index as bi
-from ckptsurgery.bundle_index import masked_crc32c, parse_table
+from ckptsurgery.io import table as bt
+from ckptsurgery.io.table import masked_crc32c, parse_table
 
 
 def put_varint(n: int) -> bytes:
@@ -87,7 +87,7 @@ def build_table(
     meta = write_block(_block([]))
     idx = write_block(_block(index, restart_interval=1))
     footer = put_varint(meta[0]) + put_varint(meta[1]) + put_varint(idx[0]) + put_varint(idx[1])
-    footer = footer.ljust(40, b"\0") + struct.pack("<Q", bi.TABLE_MAGIC)
+    footer = footer.ljust(40, b"\0") + struct.pack("<Q", bt.TABLE_MAGIC)
     out.extend(footer)
     return bytes(out), blocks
 

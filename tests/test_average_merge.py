@@ -16,13 +16,18 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery import batch
-from ckptsurgery.accumulate import streaming_linear, streaming_task_arithmetic
-from ckptsurgery.batch import MethodRule, Take
+from ckptsurgery.api import average, merge
+from ckptsurgery.io.resolve import last_checkpoints
+from ckptsurgery.plan.average import average_weights, plan_average
+from ckptsurgery.merge_methods.linear import streaming_linear
+from ckptsurgery.merge_methods.task_arithmetic import streaming_task_arithmetic
+from ckptsurgery.plan.merge import MethodRule, Take, plan_merge
+from ckptsurgery.recipe.sections import average_plan_from_spec, merge_from_spec, merge_plan_from_spec
 from ckptsurgery.errors import NonFiniteError, PlanError, RuleError, UsageError
 from ckptsurgery.merge_methods import apply_method, derive_seed
-from ckptsurgery.optimizer_state import is_optimizer_state
+from ckptsurgery.plan.optimizer_state import is_optimizer_state
 from models import TinyModel, make_keras_model, restore_tf1, write_keras_checkpoint, write_tf1_checkpoint
+from helpers import names
 
 BF16 = tf.bfloat16.as_numpy_dtype
 KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -30,10 +35,6 @@ KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 def read(prefix: str, name: str) -> np.ndarray:
     return np.asarray(tf.train.load_checkpoint(prefix).get_tensor(name))
-
-
-def names(prefix: str) -> set[str]:
-    return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
 
 
 def np_mean(arrays, weights=None) -> np.ndarray:
@@ -64,7 +65,7 @@ def tf2_runs(tmp_path_factory) -> list[tuple[str, TinyModel]]:
 # -- average: TF1 ---------------------------------------------------------------------------
 def test_tf1_mean_restores_with_saver_matches_numpy_and_drops_optimizer(tf1_runs, tmp_path):
     out = str(tmp_path / "avg" / "model.ckpt")
-    result = batch.average(tf1_runs, out, progress=False, memory_budget="100B")
+    result = average(tf1_runs, out, progress=False, memory_budget="100B")
     written = names(out)
     assert not any(is_optimizer_state(n) for n in written)
     assert {"encoder/dense/kernel/Adam", "beta1_power", "embed/table/Adam_1"} <= set(result.dropped)
@@ -80,7 +81,7 @@ def test_tf1_mean_restores_with_saver_matches_numpy_and_drops_optimizer(tf1_runs
 
 def test_keep_optimizer_averages_adam_slots_too(tf1_runs, tmp_path):
     out = str(tmp_path / "avg" / "model.ckpt")
-    batch.average(tf1_runs, out, keep_optimizer=True, progress=False)
+    average(tf1_runs, out, keep_optimizer=True, progress=False)
     restored = restore_tf1(out)  # every variable, slots included: Saver.restore accepts the output
     for name in ("encoder/dense/kernel/Adam", "head/kernel/Adam_1", "beta1_power"):
         np.testing.assert_array_equal(restored[name], np_mean([read(p, name) for p in tf1_runs]), err_msg=name)
@@ -91,7 +92,7 @@ def test_keep_optimizer_averages_adam_slots_too(tf1_runs, tmp_path):
 
 def test_weights_and_first_int_policy(tf1_runs, tmp_path):
     out = str(tmp_path / "w" / "model.ckpt")
-    batch.average(tf1_runs, out, weights=[1, 2, 5], int_policy="first", progress=False)
+    average(tf1_runs, out, weights=[1, 2, 5], int_policy="first", progress=False)
     for name in ("encoder/dense/kernel", "embed/table"):
         expected = np_mean([read(p, name) for p in tf1_runs], [1.0, 2.0, 5.0])
         np.testing.assert_array_equal(read(out, name), expected, err_msg=name)
@@ -101,36 +102,36 @@ def test_weights_and_first_int_policy(tf1_runs, tmp_path):
 def test_ema_matches_the_direct_recursion(tf1_runs, tmp_path):
     decay = 0.7
     out = str(tmp_path / "ema" / "model.ckpt")
-    batch.average(tf1_runs, out, ema=decay, progress=False)
+    average(tf1_runs, out, ema=decay, progress=False)
     for name in ("encoder/dense/kernel", "head/kernel"):
         xs = [read(p, name).astype(np.float64) for p in tf1_runs]
         e = xs[0]
         for x in xs[1:]:
             e = decay * e + (1 - decay) * x
         np.testing.assert_allclose(read(out, name), e.astype(np.float32), rtol=1e-6, atol=1e-7, err_msg=name)
-    w = batch.average_weights(3, ema=decay)
+    w = average_weights(3, ema=decay)
     assert w == pytest.approx([decay**2, (1 - decay) * decay, 1 - decay]) and sum(w) == pytest.approx(1.0)
 
 
 def test_int_policy_error_refuses_non_floating_tensors(tf1_runs):
     with pytest.raises(PlanError, match=r"'counts' is int32.*int policy 'error'"):
-        batch.plan_average(tf1_runs, int_policy="error")
+        plan_average(tf1_runs, int_policy="error")
 
 
 def test_bad_weights_and_options_are_usage_errors(tf1_runs):
     with pytest.raises(UsageError, match="got 2 weights for 3 checkpoints"):
-        batch.plan_average(tf1_runs, weights=[1, 2])
+        plan_average(tf1_runs, weights=[1, 2])
     with pytest.raises(UsageError, match="either weights or an EMA"):
-        batch.plan_average(tf1_runs, weights=[1, 2, 3], ema=0.5)
+        plan_average(tf1_runs, weights=[1, 2, 3], ema=0.5)
     with pytest.raises(UsageError, match=r"EMA decay must be in \[0, 1\)"):
-        batch.plan_average(tf1_runs, ema=1.5)
+        plan_average(tf1_runs, ema=1.5)
     with pytest.raises(UsageError, match="unknown int policy"):
-        batch.plan_average(tf1_runs, int_policy="mean")
+        plan_average(tf1_runs, int_policy="mean")
 
 
 def test_dry_run_plan_sums_input_bytes_and_writes_nothing(tf1_runs, tmp_path):
     out = tmp_path / "dry" / "model.ckpt"
-    plan = batch.average(tf1_runs, out, dry_run=True)
+    plan = average(tf1_runs, out, dry_run=True)
     assert isinstance(plan, cs.Plan) and not out.parent.exists()
     entry = next(e for e in plan.entries if e.name == "encoder/dense/kernel")
     assert entry.method == "linear" and len(entry.inputs) == 3
@@ -141,7 +142,7 @@ def test_dry_run_plan_sums_input_bytes_and_writes_nothing(tf1_runs, tmp_path):
 # -- average: TF2 ---------------------------------------------------------------------------
 def test_tf2_mean_restores_with_assert_consumed_and_bfloat16_is_exact(tf2_runs, tmp_path):
     out = str(tmp_path / "avg" / "ckpt-1")
-    batch.average([p for p, _ in tf2_runs], out, progress=False)
+    average([p for p, _ in tf2_runs], out, progress=False)
     fresh = TinyModel(seed=50)
     tf.train.Checkpoint(model=fresh).restore(out).assert_consumed()
     models = [m for _, m in tf2_runs]
@@ -157,7 +158,7 @@ def test_tf2_mean_restores_with_assert_consumed_and_bfloat16_is_exact(tf2_runs, 
 def test_keras_average_drops_optimizer_and_restores_model(tmp_path):
     runs = [write_keras_checkpoint(tmp_path / f"k{i}", seed=i) for i in range(2)]
     out = str(tmp_path / "avg" / "ckpt")
-    result = batch.average([p for p, _, _ in runs], out, progress=False)
+    result = average([p for p, _, _ in runs], out, progress=False)
     assert result.dropped and all("optimizer" in n for n in result.dropped)
     fresh, _ = make_keras_model(seed=42, compile=False)
     tf.train.Checkpoint(model=fresh).restore(out).assert_consumed()
@@ -169,7 +170,7 @@ def test_mismatched_shapes_name_the_tensor_and_both_inputs(tmp_path):
     a, _ = save_tiny(tmp_path / "a", seed=0, head_width=3)
     b, _ = save_tiny(tmp_path / "b", seed=1, head_width=4)
     with pytest.raises(PlanError) as err:
-        batch.plan_average([a, b])
+        plan_average([a, b])
     message = str(err.value)
     assert "model/head/.ATTRIBUTES/VARIABLE_VALUE" in message
     assert "float32[6, 3]" in message and "float32[6, 4]" in message
@@ -181,9 +182,9 @@ def test_intersection_averages_shared_names_and_prunes_the_object_graph(tmp_path
     m1 = TinyModel(seed=1)
     extra = tf.train.Checkpoint(model=m1, extra=tf.Variable([1.0, 2.0])).save(str(tmp_path / "extra" / "ckpt"))
     with pytest.raises(PlanError, match=r"'extra/\.ATTRIBUTES/VARIABLE_VALUE' is in input 2 .* not in input 1.*--intersection"):
-        batch.plan_average([plain, extra])
+        plan_average([plain, extra])
     out = str(tmp_path / "avg" / "ckpt")
-    result = batch.average([plain, extra], out, intersection=True, progress=False)
+    result = average([plain, extra], out, intersection=True, progress=False)
     assert "extra" + KEY in result.dropped and "extra" + KEY not in names(out)
     fresh = TinyModel(seed=9)
     tf.train.Checkpoint(model=fresh).restore(out).assert_consumed()  # graph from the last input, pruned
@@ -200,9 +201,9 @@ def test_nonfinite_result_fails_naming_the_tensor_unless_allowed(tmp_path):
         prefixes.append(prefix)
     out = tmp_path / "out" / "ckpt"
     with pytest.raises(NonFiniteError, match="'w'"):
-        batch.average(prefixes, out, progress=False)
+        average(prefixes, out, progress=False)
     assert not Path(str(out) + ".index").exists()
-    batch.average(prefixes, out, allow_nonfinite=True, progress=False)
+    average(prefixes, out, allow_nonfinite=True, progress=False)
     np.testing.assert_array_equal(read(str(out), "w"), [2.0, np.inf])
 
 
@@ -223,14 +224,14 @@ def run_folder(tmp_path) -> tuple[Path, list[str], dict[str, float]]:
 
 def test_last_n_from_state_file_then_from_step_numbers(run_folder, tmp_path):
     folder, prefixes, values = run_folder
-    assert batch.last_checkpoints(folder, 3) == prefixes[-3:]
+    assert last_checkpoints(folder, 3) == prefixes[-3:]
     out = str(tmp_path / "avg" / "ckpt")
-    batch.average(batch.last_checkpoints(folder, 3), out, progress=False)
+    average(last_checkpoints(folder, 3), out, progress=False)
     assert read(out, "v" + KEY) == np.float32(np.mean([values[p] for p in prefixes[-3:]]))
     os.remove(folder / "checkpoint")
-    assert batch.last_checkpoints(folder, 4) == prefixes[-4:]  # 300 < 1000 < 20000, not text order
+    assert last_checkpoints(folder, 4) == prefixes[-4:]  # 300 < 1000 < 20000, not text order
     with pytest.raises(UsageError, match="last 6 checkpoints but there are only 5"):
-        batch.last_checkpoints(folder, 6)
+        last_checkpoints(folder, 6)
 
 
 # -- merge ---------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def sources(pair, *aliases):
 
 def test_merge_encoder_from_a_decoder_from_b_renamed_restores_into_tiny_model(pair, tmp_path):
     out = str(tmp_path / "m" / "ckpt-1")
-    batch.merge(sources(pair, "a", "b"), out, progress=False, takes=[
+    merge(sources(pair, "a", "b"), out, progress=False, takes=[
         Take("a", r"^model/(encoder|head|scale|step)/|^save_counter/"),
         Take("b", "^model/encoder/", [("^model/encoder/", "model/decoder/")]),
     ])
@@ -263,12 +264,12 @@ def test_merge_encoder_from_a_decoder_from_b_renamed_restores_into_tiny_model(pa
 def test_merge_conflict_without_method_is_a_plan_error(pair):
     with pytest.raises(PlanError, match=r"'model/decoder/b/.ATTRIBUTES/VARIABLE_VALUE' comes from two sources: "
                                         r"a:.* and b:.*--method"):
-        batch.plan_merge(sources(pair, "a", "b"), [Take("a", "."), Take("b", ".")])
+        plan_merge(sources(pair, "a", "b"), [Take("a", "."), Take("b", ".")])
 
 
 def test_merge_conflicts_combined_with_linear_and_slerp_equal_apply_method(pair, tmp_path):
     out = str(tmp_path / "m" / "ckpt")
-    batch.merge(sources(pair, "a", "b"), out, progress=False,
+    merge(sources(pair, "a", "b"), out, progress=False,
                 takes=[Take("a", "."), Take("b", "^model/(encoder|scale|head)/")],
                 methods=[MethodRule("^model/encoder/", "linear", weights={"b": 0.75, "a": 0.25}),
                          MethodRule("^model/scale/", "slerp", {"t": 0.3}),
@@ -290,14 +291,14 @@ def test_merge_conflicts_combined_with_linear_and_slerp_equal_apply_method(pair,
 
 def test_merge_ties_and_dare_use_the_base_and_per_tensor_seeds(pair, tmp_path):
     out = str(tmp_path / "m" / "ckpt")
-    plan = batch.merge(sources(pair, "base", "a", "b"), out, progress=False, base="base", seed=7,
+    plan = merge(sources(pair, "base", "a", "b"), out, progress=False, base="base", seed=7,
                        takes=[Take("a", "."), Take("b", "^model/encoder/")],
                        methods=[MethodRule("^model/encoder/", "ties", {"density": 0.5}),
                                 MethodRule("^model/decoder/", "dare", {"drop_rate": 0.3}, weights=[0.5])],
                        dry_run=True)
     entry = next(e for e in plan.entries if e.name == "model/decoder/w" + KEY)
     assert [r.source for r in entry.inputs] == ["base", "a"] and entry.method_params["base_input"] is True
-    batch.merge(sources(pair, "base", "a", "b"), out, progress=False, base="base", seed=7,
+    merge(sources(pair, "base", "a", "b"), out, progress=False, base="base", seed=7,
                 takes=[Take("a", "."), Take("b", "^model/encoder/")],
                 methods=[MethodRule("^model/encoder/", "ties", {"density": 0.5}),
                          MethodRule("^model/decoder/", "dare", {"drop_rate": 0.3}, weights=[0.5])])
@@ -316,28 +317,28 @@ def test_merge_ties_and_dare_use_the_base_and_per_tensor_seeds(pair, tmp_path):
 def test_merge_rule_errors_before_any_data_is_read(pair):
     srcs = sources(pair, "a", "b")
     with pytest.raises(RuleError, match=r"take 'model/encodr/' from 'a' matches no tensor; closest names: model/encoder/"):
-        batch.plan_merge(srcs, [Take("a", "model/encodr/")])
+        plan_merge(srcs, [Take("a", "model/encodr/")])
     with pytest.raises(RuleError, match=r"take '\^model/head/' from 'b': --rename 'nothing' 'x' matches no tensor"):
-        batch.plan_merge(srcs, [Take("b", "^model/head/", [("nothing", "x")])])
+        plan_merge(srcs, [Take("b", "^model/head/", [("nothing", "x")])])
     with pytest.raises(RuleError, match="method linear for 'decodr' matches no tensor"):
-        batch.plan_merge(srcs, [Take("a", "."), Take("b", "^model/encoder/")],
+        plan_merge(srcs, [Take("a", "."), Take("b", "^model/encoder/")],
                          methods=[MethodRule("^model/encoder/", "linear"), MethodRule("decodr", "linear")])
     with pytest.raises(PlanError, match=r"'model/step/.ATTRIBUTES/VARIABLE_VALUE': method linear for '\.' cannot combine int64"):
-        batch.plan_merge(srcs, [Take("a", "."), Take("b", ".")], methods=[MethodRule(".", "linear")])
+        plan_merge(srcs, [Take("a", "."), Take("b", ".")], methods=[MethodRule(".", "linear")])
     with pytest.raises(PlanError, match="needs a base; pass --base"):
-        batch.plan_merge(srcs, [Take("a", "model/head")], methods=[MethodRule(".", "ties")])
+        plan_merge(srcs, [Take("a", "model/head")], methods=[MethodRule(".", "ties")])
     with pytest.raises(RuleError, match="slerp needs exactly 2 inputs"):
-        batch.plan_merge(sources(pair, "base", "a", "b"), [Take("a", "model/head"), Take("b", "model/head"),
+        plan_merge(sources(pair, "base", "a", "b"), [Take("a", "model/head"), Take("b", "model/head"),
                                                            Take("base", "model/head")],
                          methods=[MethodRule(".", "slerp")])
     with pytest.raises(RuleError, match=r"method slerp for '\.': slerp: t must be in \[0, 1\]"):
-        batch.plan_merge(srcs, [Take("a", ".")], methods=[MethodRule(".", "slerp", {"t": 2})])
+        plan_merge(srcs, [Take("a", ".")], methods=[MethodRule(".", "slerp", {"t": 2})])
     with pytest.raises(RuleError, match="method slerp for '.' combines nothing"):
-        batch.plan_merge(srcs, [Take("a", "model/head"), Take("b", "model/encoder")], methods=[MethodRule(".", "slerp")])
+        plan_merge(srcs, [Take("a", "model/head"), Take("b", "model/encoder")], methods=[MethodRule(".", "slerp")])
     with pytest.raises(UsageError, match="unknown merge method 'tiez'"):
         MethodRule(".", "tiez")
     with pytest.raises(UsageError, match="unknown source 'c'"):
-        batch.plan_merge(srcs, [Take("c", ".")])
+        plan_merge(srcs, [Take("c", ".")])
 
 
 def test_merge_spec_dict_checks_keys_and_builds_the_same_plan(pair, tmp_path):
@@ -345,24 +346,24 @@ def test_merge_spec_dict_checks_keys_and_builds_the_same_plan(pair, tmp_path):
             "take": [{"source": "a", "pattern": "."},
                      {"source": "b", "pattern": "^model/encoder/", "rename": {"/encoder/": "/decoder/"}}],
             "methods": [{"pattern": "^model/decoder/", "method": "slerp", "params": {"t": 0.25}}]}
-    plan = batch.merge_plan_from_spec(spec)
-    direct = batch.plan_merge(spec["sources"], [Take("a", "."), Take("b", "^model/encoder/", [("/encoder/", "/decoder/")])],
+    plan = merge_plan_from_spec(spec)
+    direct = plan_merge(spec["sources"], [Take("a", "."), Take("b", "^model/encoder/", [("/encoder/", "/decoder/")])],
                               methods=[MethodRule("^model/decoder/", "slerp", {"t": 0.25})])
     assert plan.to_json() == direct.to_json()
     with pytest.raises(UsageError, match="merge: unknown key 'tkae'"):
-        batch.merge_plan_from_spec({**spec, "tkae": []})
+        merge_plan_from_spec({**spec, "tkae": []})
     with pytest.raises(UsageError, match=r"merge.take\[1\]: unknown key 'renames'; allowed: pattern, rename, source"):
-        batch.merge_plan_from_spec({**spec, "take": [spec["take"][0], {"source": "b", "pattern": ".", "renames": {}}]})
+        merge_plan_from_spec({**spec, "take": [spec["take"][0], {"source": "b", "pattern": ".", "renames": {}}]})
     with pytest.raises(UsageError, match=r"merge.methods\[0\]: unknown key 'param'"):
-        batch.merge_plan_from_spec({**spec, "methods": [{"pattern": ".", "method": "linear", "param": {}}]})
+        merge_plan_from_spec({**spec, "methods": [{"pattern": ".", "method": "linear", "param": {}}]})
     out = str(tmp_path / "spec" / "ckpt")
-    result = batch.merge_from_spec({**spec, "output": out}, progress=False)
+    result = merge_from_spec({**spec, "output": out}, progress=False)
     assert result.prefix == out
     fresh = TinyModel(seed=1)
     tf.train.Checkpoint(model=fresh).restore(out).assert_consumed()
-    avg = batch.average_plan_from_spec({"checkpoints": [pair["a"][0], pair["b"][0]], "ema": 0.5})
+    avg = average_plan_from_spec({"checkpoints": [pair["a"][0], pair["b"][0]], "ema": 0.5})
     with pytest.raises(UsageError, match="average: unknown key 'emma'"):
-        batch.average_plan_from_spec({"checkpoints": [pair["a"][0]], "emma": 0.5})
+        average_plan_from_spec({"checkpoints": [pair["a"][0]], "emma": 0.5})
     assert avg.entries[0].method_params["weights"] == [0.5, 0.5]
 
 

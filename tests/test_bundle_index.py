@@ -23,19 +23,17 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 
-from ckptsurgery import bundle_index as bi  # noqa: E402
-from ckptsurgery.bundle_index import (  # noqa: E402
+from ckptsurgery.io import index as bi  # noqa: E402
+from ckptsurgery.io import table as bt  # noqa: E402
+from ckptsurgery.io.index import (  # noqa: E402
     BundleIndex,
     IndexEntry,
-    crc32c,
     decode_slice_key,
     encode_slice_key,
-    masked_crc32c,
-    parse_table,
     read_index,
-    unmask,
     validate_checkpoint,
 )
+from ckptsurgery.io.table import crc32c, masked_crc32c, parse_table, unmask  # noqa: E402
 from ckptsurgery.errors import BadCheckpointError  # noqa: E402
 from tensorflow.core.protobuf import tensor_bundle_pb2  # noqa: E402
 from index_writer import (  # noqa: E402
@@ -189,7 +187,7 @@ def test_crc32c_known_values():
 
 def test_crc32c_matches_bytewise_and_extends():
     rng = random.Random(1)
-    t0 = bi._CRC_TABLES[0]
+    t0 = bt._CRC_TABLES[0]
     for n in list(range(0, 40)) + [1000, 1003]:
         data = bytes(rng.getrandbits(8) for _ in range(n))
         c = 0xFFFFFFFF
@@ -199,7 +197,7 @@ def test_crc32c_matches_bytewise_and_extends():
         cut = n // 3
         assert crc32c(data[cut:], crc32c(data[:cut])) == crc32c(data)
     for v in (0, 1, 0xFFFFFFFF, 0x12345678):
-        assert unmask(bi.mask(v)) == v
+        assert unmask(bt.mask(v)) == v
 
 
 @pytest.mark.parametrize(
@@ -284,13 +282,13 @@ def test_rebuilt_and_snappy_tables_read_the_same(ckpt):
 
 def test_snappy_decoder_overlapping_copies():
     for data in (b"", b"a" * 1000, b"abcabcabcabd" * 50, bytes(range(256)) * 3 + b"xyz" * 90):
-        assert bi._snappy_decompress(snappy_compress(data), "t") == data
+        assert bt._snappy_decompress(snappy_compress(data), "t") == data
     # literal "ab" then copy len 7 offset 2 (overlapping) -> "ababababa"
-    assert bi._snappy_decompress(b"\x09\x04ab" + bytes([1 | (3 << 2), 2]), "t") == b"ababababa"
-    with pytest.raises(bi._Malformed):
-        bi._snappy_decompress(b"\x09\x04ab" + bytes([1 | (3 << 2), 3]), "t")  # offset too far
-    with pytest.raises(bi._Malformed):
-        bi._snappy_decompress(b"\xff\xff\xff\xff\x0f", "t")  # absurd length
+    assert bt._snappy_decompress(b"\x09\x04ab" + bytes([1 | (3 << 2), 2]), "t") == b"ababababa"
+    with pytest.raises(bt._Malformed):
+        bt._snappy_decompress(b"\x09\x04ab" + bytes([1 | (3 << 2), 3]), "t")  # offset too far
+    with pytest.raises(bt._Malformed):
+        bt._snappy_decompress(b"\xff\xff\xff\xff\x0f", "t")  # absurd length
 
 
 @pytest.mark.skipif(not (REALCKPT / "MANIFEST.tsv").exists(), reason="no shared/realckpt")

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,15 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.bundle_index import parse_table, read_index, validate_checkpoint
+from ckptsurgery.io.index import read_index, validate_checkpoint
+from ckptsurgery.io.table import parse_table
 from ckptsurgery.errors import BadCheckpointError, OutputError
-from ckptsurgery.integrity import verify
-from ckptsurgery.source import OBJECT_GRAPH_KEY
-from ckptsurgery.writer import ShardWriter
+from ckptsurgery.report.verify import verify
+from ckptsurgery.io.reader import OBJECT_GRAPH_KEY
+from ckptsurgery.io.shard_writer import ShardWriter
 from conftest import run_cli
 from models import TinyModel, assert_same_variables, make_keras_model, restore_tf1
+from helpers import copy_files, flip_in
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -44,28 +45,6 @@ def tf_values(prefix: str) -> dict[str, tuple]:
         else:
             out[name] = (value.dtype.str, value.shape, value.tobytes())
     return out
-
-
-def copy_files(prefix: str, folder: Path) -> str:
-    """A byte-for-byte copy of the checkpoint's own files into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    src = Path(prefix)
-    for f in src.parent.iterdir():
-        if f.name == src.name + ".index" or f.name.startswith(src.name + ".data-"):
-            shutil.copy(f, folder / f.name)
-    return str(folder / src.name)
-
-
-def flip_in(prefix: str, tensor: str, slice_number: int = 0) -> None:
-    """Flip one bit in the middle of ``tensor``'s bytes (of its n-th slice if partitioned)."""
-    index = read_index(prefix)
-    entry = index.entries[tensor]
-    if not entry.has_data:
-        entry = sorted(index.slice_entries[tensor], key=lambda e: e.offset)[slice_number]
-    path = Path(index.data_path(entry.shard_id))
-    data = bytearray(path.read_bytes())
-    data[entry.offset + entry.size // 2] ^= 0x04
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +226,7 @@ def test_crc_check_covers_the_bytes_written(kernel, tf1_ckpt, tmp_path, monkeypa
 
 def test_verify_catches_bytes_altered_on_the_way(tf1_ckpt, tmp_path, monkeypatch):
     """--verify re-reads every value: bytes altered after their check are caught before publishing."""
-    from ckptsurgery import writer
+    from ckptsurgery.io import shard_writer as writer
 
     real = writer.copy_entry_bytes
 
@@ -268,7 +247,7 @@ def test_verify_catches_bytes_altered_on_the_way(tf1_ckpt, tmp_path, monkeypatch
 def test_our_index_encodes_every_entry_as_tensorflow_did(tf1_ckpt, tf2_ckpt):
     from tensorflow.core.protobuf import tensor_bundle_pb2
 
-    from ckptsurgery.bundle_writer import index_bytes
+    from ckptsurgery.io.index_writer import index_bytes
 
     for prefix in (tf1_ckpt, tf2_ckpt[0]):
         index = read_index(prefix)
@@ -288,7 +267,7 @@ def test_our_index_encodes_every_entry_as_tensorflow_did(tf1_ckpt, tf2_ckpt):
 NO_TF_SCRIPT = """
 import sys
 import ckptsurgery as cs
-from ckptsurgery import publish
+from ckptsurgery.io.publish import commit as publish
 state_files = []
 publish.update_state_file = state_files.append  # the folder's state file is written through TF (publish.py)
 src1, src2, out = sys.argv[1:4]
@@ -322,7 +301,7 @@ def test_our_protos_declare_tensorflows_fields():
     from tensorflow.core.protobuf import tensor_bundle_pb2, trackable_object_graph_pb2
     from tensorflow.python.training import checkpoint_state_pb2
 
-    from ckptsurgery.protos import bundle_protos, checkpoint_state_class, object_graph_protos
+    from ckptsurgery.io.protos import bundle_protos, checkpoint_state_class, object_graph_protos
 
     def fields(descriptor, seen=None) -> dict:
         out = {}

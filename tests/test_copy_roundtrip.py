@@ -124,7 +124,7 @@ def test_every_dtype_tf_stores_round_trips(tmp_path):
 
 
 def test_partitioned_variable_is_streamed_part_by_part_and_keeps_its_parts(tf1_ckpt, tmp_path):
-    from ckptsurgery.bundle_index import read_index
+    from ckptsurgery.io.index import read_index
 
     out = tmp_path / "parts" / "model.ckpt"
     cs.copy(tf1_ckpt, out, progress=False, memory_budget="40B")  # every part in a group of its own

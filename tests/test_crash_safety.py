@@ -1,7 +1,7 @@
 """Reliability: a run killed at any instant leaves the destination absent, whole-old or whole-new.
 
 Each case runs the real CLI in a subprocess with ``CKPTSURGERY_FAULT=POINT[:N]``,
-which SIGKILLs the process at that point (see :mod:`ckptsurgery.faults`).  Then:
+which SIGKILLs the process at that point (see :mod:`ckptsurgery.io.faults`).  Then:
 
 * the process died by SIGKILL, and the inputs are bit-identical;
 * the destination is absent (no ``.index``), or the complete previous checkpoint
@@ -32,6 +32,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
 
 BUDGET = "100B"  # tiny: the 1 KB test model is saved in many shard groups
 DEST = "model.ckpt"
@@ -97,7 +99,7 @@ def safe_values(prefix: str) -> dict[str, tuple]:
     A mixed checkpoint (index of one run, data of another) could make TF's reader
     abort the test process, so it is verified first; a bad one fails the test here.
     """
-    from ckptsurgery.integrity import verify
+    from ckptsurgery.report.verify import verify
 
     report = verify(prefix)
     assert report.ok, f"{prefix} does not read back whole: {report.error_line()}"
@@ -236,7 +238,7 @@ def test_kill_at_any_point_leaves_old_or_new_and_recovers(case, crash_env, cli):
         actions = json.loads(cleaned.stdout)["actions"]
         assert {"action": "removed-staging", "path": str(folder / ours[0]), "detail": ""} in actions
     elif case.recovery == "api":
-        from ckptsurgery.publish import clean_actions
+        from ckptsurgery.io.publish.clean import clean_actions
 
         actions = [a.to_json() for a in clean_actions(folder)]
         assert any(a["action"] == "removed-staging" and a["path"].endswith(ours[0]) for a in actions)
@@ -282,7 +284,7 @@ def test_kill_at_any_point_leaves_old_or_new_and_recovers(case, crash_env, cli):
 def test_disk_full_mid_run_keeps_previous_checkpoint(point, budget, tf1_ckpt, tmp_path, monkeypatch):
     """A raised error (ENOSPC) anywhere, even mid-publish, restores the previous checkpoint at once."""
     import ckptsurgery as cs
-    from ckptsurgery import faults
+    from ckptsurgery.io import faults
     from ckptsurgery.errors import OutputError
 
     dest = tmp_path / "out" / DEST
@@ -306,7 +308,9 @@ def test_disk_full_mid_run_keeps_previous_checkpoint(point, budget, tf1_ckpt, tm
 
 def test_journal_names_outside_the_folder_are_never_acted_on(tmp_path):
     """A hand-made (or corrupt) journal pointing elsewhere must not make clean delete or move files there."""
-    from ckptsurgery.publish import JOURNAL, MARKER, clean_actions
+    from ckptsurgery.io.publish.clean import clean_actions
+    from ckptsurgery.io.publish.journal import JOURNAL
+    from ckptsurgery.io.publish.staging import MARKER
 
     victim = tmp_path / "elsewhere"
     victim.mkdir()

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.comparison import diff
+from ckptsurgery.report.diff import diff
 
 
 def _save(prefix, **tensors):

@@ -42,7 +42,7 @@ def test_edit_json_carries_every_dropped_name(tf1_ckpt, tmp_path, cli):
 
 
 def test_summary_line_words():
-    from ckptsurgery.dropped import summary_line
+    from ckptsurgery.report.dropped import summary_line
 
     why = {f"v{i}/Adam": "optimizer state" for i in range(1200)}
     why.update({"Adam/iterations": "step counters", "x": "matched --drop 'x'"})
@@ -50,7 +50,7 @@ def test_summary_line_words():
 
 
 def test_left_out_line_for_average_and_merge_guesses_kind_from_names():
-    from ckptsurgery.dropped import dropped_by_name, render_dropped
+    from ckptsurgery.report.dropped import dropped_by_name, render_dropped
 
     names = ["dense/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE",
              "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE", "extra/w/.ATTRIBUTES/VARIABLE_VALUE", "bad\nname"]

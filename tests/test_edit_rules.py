@@ -11,10 +11,7 @@ import tensorflow as tf
 import ckptsurgery as cs
 from ckptsurgery.errors import RuleError
 from models import TinyModel, make_keras_model, restore_tf1
-
-
-def names(prefix: str) -> set[str]:
-    return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+from helpers import names
 
 
 def test_drop_optimizer_rename_and_cast_in_one_pass_tf1(tf1_ckpt, tmp_path):

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from ckptsurgery.bundle_index import parse_table
+from ckptsurgery.io.table import parse_table
 from index_writer import build_table
 from models import _build_tf1_graph, tf
 from test_hostile_input import LFS_POINTER, OK_CODES, TIMEOUT, published, run_driver, snapshot
+
+pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
 
 
 @pytest.fixture(scope="module")

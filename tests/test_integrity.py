@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +18,9 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.bundle_index import read_index
 from ckptsurgery.errors import BadCheckpointError, OutputError
-from ckptsurgery.integrity import DIFFERENT, OK, ONLY_HERE, ONLY_OTHER, count_differences, verify
-
-
-def copy_files(prefix: str, folder: Path) -> str:
-    """A byte-for-byte copy of the checkpoint's own files (index and data) into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    src = Path(prefix)
-    for f in src.parent.iterdir():
-        if f.name == src.name + ".index" or f.name.startswith(src.name + ".data-"):
-            shutil.copy(f, folder / f.name)
-    return str(folder / src.name)
-
-
-def flip_in(prefix: str, tensor: str, slice_number: int = 0) -> None:
-    """Flip one bit in the middle of ``tensor``'s bytes (of its n-th slice if partitioned)."""
-    index = read_index(prefix)
-    entry = index.entries[tensor]
-    if not entry.has_data:
-        entry = sorted(index.slice_entries[tensor], key=lambda e: e.offset)[slice_number]
-    path = Path(index.data_path(entry.shard_id))
-    data = bytearray(path.read_bytes())
-    data[entry.offset + entry.size // 2] ^= 0x04
-    path.write_bytes(bytes(data))
+from ckptsurgery.report.verify import DIFFERENT, OK, ONLY_HERE, ONLY_OTHER, count_differences, verify
+from helpers import copy_files, flip_in, run_main
 
 
 def save(prefix: Path, tensors: dict[str, np.ndarray]) -> str:
@@ -53,14 +30,6 @@ def save(prefix: Path, tensors: dict[str, np.ndarray]) -> str:
     tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[tf.constant(tensors[n]) for n in names])
     return str(prefix)
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
-    from ckptsurgery.cli import main
-
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -223,7 +192,7 @@ def test_copy_with_verify(tf1_ckpt, tmp_path, cli):
 
 def test_verify_refuses_to_publish_a_corrupted_write(tf1_ckpt, tmp_path, monkeypatch):
     """--verify re-reads every written value: a value altered on the way is caught before publishing."""
-    from ckptsurgery.writer import ShardWriter
+    from ckptsurgery.io.shard_writer import ShardWriter
 
     monkeypatch.setenv("CKPTSURGERY_BYTE_PATH", "0")  # the values go through add(); the byte path: test_byte_path
 

@@ -23,10 +23,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
 
 from ckptsurgery import cli
-from ckptsurgery.integrity import BAD, verify
-from ckptsurgery.objectgraph import object_graph_problems
-from ckptsurgery.source import OBJECT_GRAPH_KEY
+from ckptsurgery.report.verify import BAD, verify
+from ckptsurgery.plan.objectgraph import object_graph_problems
+from ckptsurgery.io.reader import OBJECT_GRAPH_KEY
 from models import TinyModel
+
+pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
 
 SEED = 20261126
 

@@ -184,8 +184,8 @@ def test_real_checkpoints_tie_every_named_slot() -> None:
 
     from conftest import REALCKPT, realckpt_rows
 
-    from ckptsurgery.optimizer_state import tie_slots
-    from ckptsurgery.source import open_checkpoint
+    from ckptsurgery.plan.optimizer_state import tie_slots
+    from ckptsurgery.io.reader import open_checkpoint
 
     rows = realckpt_rows()
     if not rows:

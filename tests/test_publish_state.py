@@ -131,7 +131,7 @@ def test_run_without_force_never_replaces_a_checkpoint_published_meanwhile(tf1_c
 # -- the state file on a full disk -------------------------------------------------------------
 @pytest.mark.parametrize("previous", [False, True], ids=["fresh", "force"])
 def test_state_file_on_full_disk_undoes_the_publish(previous, tf1_ckpt, tmp_path, monkeypatch):
-    from ckptsurgery import faults
+    from ckptsurgery.io import faults
 
     folder = tmp_path / "out"
     dest = folder / "model.ckpt"
@@ -170,7 +170,7 @@ def test_killed_while_writing_state_file_clean_completes_it(tf1_ckpt, tmp_path):
 
 
 def test_clean_removes_only_dead_runs_temp_state_files(tmp_path):
-    from ckptsurgery.publish import clean_actions
+    from ckptsurgery.io.publish.clean import clean_actions
 
     dead = tmp_path / "checkpoint.ckptsurgery-tmp-999999999-0bad0bad"
     live = tmp_path / f"checkpoint.ckptsurgery-tmp-{os.getpid()}-0000beef"
@@ -185,7 +185,8 @@ def test_state_file_updates_in_one_folder_are_serialised(tmp_path):
     """Two runs publishing into one folder: the second waits for the first's read-modify-write."""
     import threading
 
-    from ckptsurgery.publish import STATE_LOCK, clean_actions, state_file_lock, update_state_file
+    from ckptsurgery.io.publish.clean import clean_actions
+    from ckptsurgery.io.publish.statefile import STATE_LOCK, state_file_lock, update_state_file
 
     update_state_file(str(tmp_path / "a"))
     with state_file_lock(tmp_path):  # another run is between reading and writing the state file

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.objectgraph import checkpoint_keys
-from ckptsurgery.optimizer_state import is_optimizer_state
+from ckptsurgery.plan.objectgraph import checkpoint_keys
+from ckptsurgery.plan.optimizer_state import is_optimizer_state
 from conftest import REALCKPT, realckpt_rows
 
 ROWS = realckpt_rows()

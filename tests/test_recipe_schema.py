@@ -298,7 +298,7 @@ def test_unexpected_exception_is_one_line_with_its_own_exit_code(tf1_ckpt, capsy
 
 def test_exit_codes_are_documented():
     from ckptsurgery import errors
-    from ckptsurgery.cli_common import EPILOG_EXIT_CODES
+    from ckptsurgery.cli.common import EPILOG_EXIT_CODES
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for code in (errors.EXIT_INTERNAL, errors.EXIT_INTERRUPTED):

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.display import display_name
+from ckptsurgery.text.display import display_name
 
 HOSTILE = ["enc\noder/kernel", "enc\x1b[31moder/bias", "head\r/kernel", "rev\u202eersed/w", "plain/w"]
 # Raw control bytes (C0 except nothing, DEL, C1) and bidi/format characters: none may reach the terminal.

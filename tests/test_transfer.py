@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.warmstart import transfer_into_variables
+from ckptsurgery.plan.transfer import transfer_into_variables
 from models import TinyModel, restore_tf1
 
 
@@ -103,7 +103,7 @@ def test_transfer_cli_writes_report_and_map_file(tf1_ckpt, tmp_path, cli):
 
 
 def test_variables_by_key_names_live_variables_like_the_checkpoint_does(keras_ckpt, tf2_ckpt):
-    from ckptsurgery.warmstart import variables_by_key
+    from ckptsurgery.plan.transfer import variables_by_key
 
     prefix, model = tf2_ckpt
     keys = variables_by_key(tf.train.Checkpoint(model=model))

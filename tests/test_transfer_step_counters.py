@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import ckptsurgery as cs
-from ckptsurgery.step_counters import is_step_counter
+from ckptsurgery.plan.step_counters import is_step_counter
 
 V1 = tf.compat.v1
 

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ckptsurgery.errors import UsageError
-from ckptsurgery.merge_methods import register, require_base, weights_or
+from ..errors import UsageError
+from .registry import register, require_base, weights_or
 
 
 def drop_and_rescale(tau: np.ndarray, drop_rate: float, seed: int) -> np.ndarray:

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ckptsurgery.errors import UsageError
-from ckptsurgery.merge_methods import register
+from ..errors import UsageError
+from .registry import register
 
 COLINEAR_THRESHOLD = 0.9995
 

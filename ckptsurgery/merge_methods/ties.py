@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ckptsurgery.errors import UsageError
-from ckptsurgery.merge_methods import register, require_base, weights_or
+from ..errors import UsageError
+from .registry import register, require_base, weights_or
 
 
 def trim(tau: np.ndarray, density: float) -> np.ndarray:

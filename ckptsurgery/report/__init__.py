@@ -1,0 +1,1 @@
+"""Read-only commands: inspect, diff, verify, and the dropped-tensors summary."""

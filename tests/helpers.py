@@ -1,0 +1,46 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py, models in models.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ckptsurgery.io.index import read_index
+
+
+def names(prefix: str) -> set[str]:
+    """The tensor names TensorFlow's own reader sees in ``prefix``."""
+    import tensorflow as tf
+
+    return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+
+
+def copy_files(prefix: str, folder: Path) -> str:
+    """A byte-for-byte copy of the checkpoint's own files (index and data) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    src = Path(prefix)
+    for f in src.parent.iterdir():
+        if f.name == src.name + ".index" or f.name.startswith(src.name + ".data-"):
+            shutil.copy(f, folder / f.name)
+    return str(folder / src.name)
+
+
+def flip_in(prefix: str, tensor: str, slice_number: int = 0) -> None:
+    """Flip one bit in the middle of ``tensor``'s bytes (of its n-th slice if partitioned)."""
+    index = read_index(prefix)
+    entry = index.entries[tensor]
+    if not entry.has_data:
+        entry = sorted(index.slice_entries[tensor], key=lambda e: e.offset)[slice_number]
+    path = Path(index.data_path(entry.shard_id))
+    data = bytearray(path.read_bytes())
+    data[entry.offset + entry.size // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def run_main(argv: list, capsys) -> tuple[int, str, str]:
+    """Run the CLI in this process: ``(exit code, stdout, stderr)``."""
+    from ckptsurgery.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
