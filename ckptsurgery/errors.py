@@ -10,7 +10,8 @@ Exit codes (also in README):
 ====  ==========================================================
 0     success
 1     differences found (``diff``, ``verify --against``)
-2     usage error: bad flag, bad rule, rule that matches nothing
+2     usage error: bad flag, bad rule, rule that matches nothing,
+      a result with NaN/Inf without ``--allow-nonfinite``
 3     bad input: not a checkpoint, corrupt or truncated file
 4     I/O error: cannot write destination, disk full, lost a race;
       the destination is as it was (publish.py undoes even a publish
@@ -114,6 +115,10 @@ class OutputError(CkptSurgeryError):
 
 
 class NonFiniteError(CkptSurgeryError):
-    """A transform or merge produced NaN or Inf in a tensor."""
+    """A transform or merge produced NaN or Inf in a tensor.
 
-    exit_code = EXIT_BAD_INPUT
+    A usage error, not bad input: the inputs read correctly; what the user
+    asked for yields values TF would load but training would not survive, and
+    ``--allow-nonfinite`` is the way to ask for them anyway."""
+
+    exit_code = EXIT_USAGE

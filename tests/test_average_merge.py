@@ -27,6 +27,7 @@ from ckptsurgery.errors import NonFiniteError, PlanError, RuleError, UsageError
 from ckptsurgery.merge_methods import apply_method, derive_seed
 from ckptsurgery.plan.optimizer_state import is_optimizer_state
 from models import TinyModel, make_keras_model, restore_tf1, write_keras_checkpoint, write_tf1_checkpoint
+from conftest import run_cli
 from helpers import names
 
 BF16 = tf.bfloat16.as_numpy_dtype
@@ -203,6 +204,8 @@ def test_nonfinite_result_fails_naming_the_tensor_unless_allowed(tmp_path):
     with pytest.raises(NonFiniteError, match="'w'"):
         average(prefixes, out, progress=False)
     assert not Path(str(out) + ".index").exists()
+    cli = run_cli("average", *prefixes, "--out", out)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1 and "'w'" in cli.stderr, cli.stderr  # usage: the flag
     average(prefixes, out, allow_nonfinite=True, progress=False)
     np.testing.assert_array_equal(read(str(out), "w"), [2.0, np.inf])
 
