@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from ckptsurgery.io.index import read_index
 
 
@@ -13,6 +15,21 @@ def names(prefix: str) -> set[str]:
     import tensorflow as tf
 
     return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+
+
+def tf_values(prefix: str) -> dict[str, tuple]:
+    """Every tensor as TensorFlow's own reader returns it: name -> (dtype, shape, bytes)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    out = {}
+    for name in reader.get_variable_to_shape_map():
+        value = np.asarray(reader.get_tensor(name))
+        if value.dtype == object:
+            out[name] = ("string", value.shape, tuple(bytes(x) for x in value.reshape(-1)))
+        else:
+            out[name] = (value.dtype.str, value.shape, value.tobytes())
+    return out
 
 
 def copy_files(prefix: str, folder: Path) -> str:

@@ -30,23 +30,10 @@ from ckptsurgery.io.reader import OBJECT_GRAPH_KEY
 from ckptsurgery.io.shard_writer import ShardWriter
 from conftest import run_cli
 from models import TinyModel, assert_same_variables, make_keras_model, restore_tf1
-from helpers import copy_files, flip_in
+from helpers import copy_files, flip_in, tf_values
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def tf_values(prefix: str) -> dict[str, tuple]:
-    """Every tensor as TensorFlow's own reader returns it: name -> (dtype, shape, bytes)."""
-    reader = tf.train.load_checkpoint(prefix)
-    out = {}
-    for name in reader.get_variable_to_shape_map():
-        value = np.asarray(reader.get_tensor(name))
-        if value.dtype == object:
-            out[name] = ("string", value.shape, tuple(bytes(x) for x in value.reshape(-1)))
-        else:
-            out[name] = (value.dtype.str, value.shape, value.tobytes())
-    return out
-
-
 @pytest.fixture(scope="module")
 def sources(tf1_ckpt, tf2_ckpt, keras_ckpt, tmp_path_factory):
     from models import write_tf1_checkpoint

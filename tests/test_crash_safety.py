@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
+from helpers import tf_values
 
 pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
 
@@ -78,21 +79,6 @@ def hash_files(folder: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir()) if f.is_file()}
 
 
-def read_values(prefix: str) -> dict[str, tuple]:
-    """Every tensor as TensorFlow's own reader returns it: name -> (dtype, shape, bytes)."""
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(prefix)
-    out = {}
-    for name in reader.get_variable_to_shape_map():
-        value = np.asarray(reader.get_tensor(name))
-        if value.dtype == object:
-            out[name] = ("string", value.shape, tuple(bytes(x) for x in value.reshape(-1)))
-        else:
-            out[name] = (value.dtype.str, value.shape, value.tobytes())
-    return out
-
-
 def safe_values(prefix: str) -> dict[str, tuple]:
     """Values of the checkpoint at ``prefix``, after our validator and a full checksum pass.
 
@@ -103,7 +89,7 @@ def safe_values(prefix: str) -> dict[str, tuple]:
 
     report = verify(prefix)
     assert report.ok, f"{prefix} does not read back whole: {report.error_line()}"
-    return read_values(prefix)
+    return tf_values(prefix)
 
 
 def staging_dirs(folder: Path) -> list[str]:
@@ -157,7 +143,7 @@ def crash_env(tf1_ckpt, tmp_path_factory):
             continue
         ref = root / f"ref-{command}" / DEST
         assert run_in_process(argv_for(Case(command, "", False, ""), env, ref)) == 0
-        env["new"][command] = read_values(str(ref))
+        env["new"][command] = tf_values(str(ref))
         env["groups"][command] = sum(1 for f in ref.parent.iterdir() if ".data-" in f.name)
         assert env["groups"][command] >= 4, "the tiny budget must give several shard groups"
 
@@ -165,7 +151,7 @@ def crash_env(tf1_ckpt, tmp_path_factory):
     import ckptsurgery as cs
 
     old_prefix = {"copy": src2, "edit": src2, "average": src}
-    env["old"] = {c: read_values(p) for c, p in old_prefix.items()}
+    env["old"] = {c: tf_values(p) for c, p in old_prefix.items()}
     for command in env["new"]:
         assert env["old"][command] != env["new"][command]
 
@@ -289,7 +275,7 @@ def test_disk_full_mid_run_keeps_previous_checkpoint(point, budget, tf1_ckpt, tm
 
     dest = tmp_path / "out" / DEST
     cs.copy(tf1_ckpt, dest, progress=False, memory_budget="1GB")
-    old = read_values(str(dest))
+    old = tf_values(str(dest))
     other = tmp_path / "other" / DEST
     cs.edit(tf1_ckpt, other, [cs.DropOptimizer()], progress=False)
     faults.reset()
@@ -300,7 +286,7 @@ def test_disk_full_mid_run_keeps_previous_checkpoint(point, budget, tf1_ckpt, tm
     finally:
         faults.reset()
     monkeypatch.delenv("CKPTSURGERY_FAULT")
-    assert read_values(str(dest)) == old
+    assert tf_values(str(dest)) == old
     assert staging_dirs(dest.parent) == []
     assert sorted(f.name for f in dest.parent.iterdir()) == sorted(
         ["checkpoint", DEST + ".index", DEST + ".data-00000-of-00001"])
