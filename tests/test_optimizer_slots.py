@@ -10,7 +10,6 @@ the new dtype or shape, compares the slots, and runs one training step.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

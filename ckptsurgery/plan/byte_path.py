@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..errors import BadCheckpointError
 from ..io.bytecopy import (ChecksumMismatch, RawTensor, ShardInput, SourceReadError, decode_string_scalar,
                            encode_string_tensor)
-from ..io.index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name, validate_checkpoint
+from ..io.index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name
 from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint
 
 if TYPE_CHECKING:  # the plan asks this module how it will be written (Plan.render), so no import back at run time
