@@ -23,7 +23,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_cli
-from test_crash_safety import hash_files, read_values, staging_dirs
+from helpers import tf_values
+from test_crash_safety import hash_files, staging_dirs
 
 import ckptsurgery as cs
 from ckptsurgery.errors import EXIT_IO, OutputError
@@ -166,7 +167,7 @@ def test_killed_while_writing_state_file_clean_completes_it(tf1_ckpt, tmp_path):
     assert result.returncode == 0, result.stderr
     assert list(folder.glob("checkpoint.ckptsurgery-tmp-*")) == [] and staging_dirs(folder) == []
     assert tf.train.latest_checkpoint(str(folder)) == str(dest)  # rolled forward: listed as the run would have
-    assert read_values(str(dest)) == read_values(str(tf1_ckpt))
+    assert tf_values(str(dest)) == tf_values(str(tf1_ckpt))
 
 
 def test_clean_removes_only_dead_runs_temp_state_files(tmp_path):
