@@ -269,14 +269,19 @@ def run_recipe(
             not UTF-8) or a mistyped option, before anything is read.
         RuleError, PlanError, BadCheckpointError, OutputError: as for the action the recipe names.
     """
-    from .recipe import run_recipe as _run
+    from .recipe import parse_recipe
 
     given = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 crc_check=crc_check, byte_path=byte_path)
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if progress is not None:
-        overrides["progress"] = progress
-    return _run(path, dry_run=dry_run, overrides=check_write_options(overrides))
+                 crc_check=crc_check, byte_path=byte_path, progress=progress)
+    call = parse_recipe(path, dry_run=dry_run, overrides={k: v for k, v in given.items() if v is not None})
+    command = {"edit": edit, "transfer": transfer, "average": average, "merge": merge}[call.command]
+    outcome = command(*call.args, dry_run=dry_run, **call.kwargs)
+    if call.command != "transfer":
+        return outcome, None
+    result, report = outcome
+    if call.report_path and not dry_run:
+        report.write(call.report_path)
+    return result, report
 
 
 def average(

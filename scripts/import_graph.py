@@ -21,9 +21,8 @@ LAYERS = [
     ("io", 1),
     ("transforms", 2), ("merge_methods", 2),
     ("plan", 3),
-    ("execute", 4), ("report", 4),
+    ("execute", 4), ("report", 4), ("recipe", 4),
     ("api", 5),
-    ("recipe", 6),
     ("cli", 7),
     ("__init__", 8), ("__main__", 8),
 ]

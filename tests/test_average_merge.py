@@ -22,7 +22,7 @@ from ckptsurgery.plan.average import average_weights, plan_average
 from ckptsurgery.merge_methods.linear import streaming_linear
 from ckptsurgery.merge_methods.task_arithmetic import streaming_task_arithmetic
 from ckptsurgery.plan.merge import MethodRule, Take, plan_merge
-from ckptsurgery.recipe.sections import average_plan_from_spec, merge_from_spec, merge_plan_from_spec
+from ckptsurgery.recipe.sections import average_plan_from_spec, merge_call, merge_plan_from_spec
 from ckptsurgery.errors import NonFiniteError, PlanError, RuleError, UsageError
 from ckptsurgery.merge_methods import apply_method, derive_seed
 from ckptsurgery.plan.optimizer_state import is_optimizer_state
@@ -360,7 +360,8 @@ def test_merge_spec_dict_checks_keys_and_builds_the_same_plan(pair, tmp_path):
     with pytest.raises(UsageError, match=r"merge.methods\[0\]: unknown key 'param'"):
         merge_plan_from_spec({**spec, "methods": [{"pattern": ".", "method": "linear", "param": {}}]})
     out = str(tmp_path / "spec" / "ckpt")
-    result = merge_from_spec({**spec, "output": out}, progress=False)
+    call = merge_call({**spec, "output": out}, progress=False)
+    result = cs.merge(*call.args, **call.kwargs)
     assert result.prefix == out
     fresh = TinyModel(seed=1)
     tf.train.Checkpoint(model=fresh).restore(out).assert_consumed()
@@ -371,8 +372,6 @@ def test_merge_spec_dict_checks_keys_and_builds_the_same_plan(pair, tmp_path):
 
 
 def test_merge_runs_from_a_yaml_recipe(pair, tmp_path):
-    from ckptsurgery.recipe import run_recipe
-
     recipe = tmp_path / "merge.yaml"
     recipe.write_text(
         "merge:\n"
@@ -380,7 +379,7 @@ def test_merge_runs_from_a_yaml_recipe(pair, tmp_path):
         "  take:\n    - {source: a, pattern: '.'}\n    - {source: b, pattern: '^model/head/'}\n"
         "  methods:\n    - {pattern: '^model/head/', method: linear, weights: {a: 1, b: 3}}\n"
         "output: out/ckpt\n")
-    result, _ = run_recipe(recipe, overrides={"progress": False})
+    result, _ = cs.run_recipe(recipe, progress=False)
     name = "model/head" + KEY
     expected = np_mean([read(pair["a"][0], name), read(pair["b"][0], name)], [1.0, 3.0])
     np.testing.assert_array_equal(read(str(tmp_path / "out" / "ckpt"), name), expected)

@@ -258,9 +258,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..recipe import run_recipe  # the recipe front end checks the flags as "command line" overrides
-
-    result, report = run_recipe(args.recipe, dry_run=args.dry_run, overrides=write_options(args))
+    # Flags left out are absent (argparse.SUPPRESS), so the recipe's options apply; given ones win.
+    result, report = api.run_recipe(args.recipe, dry_run=args.dry_run, **write_options(args))
     if report is not None and not args.json:
         print(report.render())
     if args.json and report is not None:

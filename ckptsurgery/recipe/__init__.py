@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import UsageError
 from ..options import WRITE_OPTIONS, check_write_options
 from ..plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
+from .call import RecipeCall
 from .schema import (BOOL, MAPPING, NAME_MAP, NON_NEGATIVE_INT, PATH, PATTERN, PATTERNS, SHAPE, STRING, Kind,
                      check_fields, check_mapping, check_value)
 
@@ -185,14 +186,13 @@ def load_recipe(path: str | os.PathLike) -> dict:
     return data
 
 
-def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dict | None = None):
-    """Run the recipe at ``path``; returns ``(WriteResult or Plan, report or None)``.
+def parse_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dict | None = None) -> RecipeCall:
+    """Read and check the recipe at ``path``; returns the API call it asks for (nothing is run).
 
     ``overrides`` are write options given on the command line; they win over
-    the recipe's ``options``.
+    the recipe's ``options``.  ``dry_run`` matters only for what must be
+    there: a dry run needs no output.
     """
-    from .. import api
-
     data = load_recipe(path)
     base = Path(path).resolve().parent
 
@@ -209,7 +209,7 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
     if action == "edit":
         section = check_fields(where, section, EDIT_FIELDS, ("source", "rules"))
         rules = [parse_rule(f"{where}.rules[{i}]", item) for i, item in enumerate(section["rules"])]
-        return api.edit(resolve(section["source"]), output, rules, dry_run=dry_run, **options), None
+        return RecipeCall("edit", (resolve(section["source"]), output, rules), options)
 
     if action == "transfer":
         section = check_fields(where, section, TRANSFER_FIELDS, ("from", "into"))
@@ -219,16 +219,14 @@ def run_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: dic
             from ..plan.transfer import load_name_map
 
             name_map = load_name_map(resolve(name_map))
-        result, report = api.transfer(resolve(section["from"]), resolve(section["into"]), output, rules=renames,
-                                      name_map=name_map, strict=section.get("strict", False),
-                                      skip_optimizer=section.get("skip_optimizer", False),
-                                      old_step_counters=section.get("old_step_counters", False),
-                                      dry_run=dry_run, **options)
-        if section.get("report") and not dry_run:
-            report.write(resolve(section["report"]))
-        return result, report
+        report = section.get("report")
+        return RecipeCall("transfer", (resolve(section["from"]), resolve(section["into"]), output), dict(
+            rules=renames, name_map=name_map, strict=section.get("strict", False),
+            skip_optimizer=section.get("skip_optimizer", False),
+            old_step_counters=section.get("old_step_counters", False), **options),
+            report_path=resolve(report) if report else None)
 
-    from .sections import average_from_spec, merge_from_spec
+    from .sections import average_call, merge_call
 
-    runner = {"average": average_from_spec, "merge": merge_from_spec}[action]
-    return runner(section, output, resolve=resolve, dry_run=dry_run, where=where, **options), None
+    make_call = {"average": average_call, "merge": merge_call}[action]
+    return make_call(section, output, resolve=resolve, dry_run=dry_run, where=where, **options)

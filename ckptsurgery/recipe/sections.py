@@ -9,15 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .. import api
 from ..errors import CkptSurgeryError, UsageError
-from ..execute.executor import WriteResult
 from ..io.resolve import last_checkpoints
 from ..merge_methods import get_method
 from ..options import check_write_options
 from ..plan.average import plan_average
 from ..plan.entries import Plan
 from ..plan.merge import MethodRule, Take, plan_merge
+from .call import RecipeCall
 from .schema import (BOOL, LIST, MAPPING, NON_NEGATIVE_INT, NUMBER, NUMBERS, PATH, PATTERN, POSITIVE, RENAMES, STRING,
                      Kind, check_fields, check_value)
 
@@ -204,22 +203,22 @@ def _check_output(parsed: AverageSpec | MergeSpec, where: str, dry_run: bool, op
     return options
 
 
-def merge_from_spec(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str, dry_run: bool = False,
-                    where: str = "merge", **options) -> WriteResult | Plan:
-    """Run a ``merge`` dict (see :func:`parse_merge_spec`): write to ``output`` (or the
-    spec's ``output``), or return the plan with ``dry_run``.  ``resolve`` turns the
-    spec's paths into real ones (a recipe resolves them against its folder);
-    ``options`` are write options."""
+def merge_call(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str, dry_run: bool = False,
+               where: str = "merge", **options) -> RecipeCall:
+    """The :func:`ckptsurgery.api.merge` call a ``merge`` dict (see :func:`parse_merge_spec`) asks for,
+    writing to ``output`` (or the spec's ``output``).  ``resolve`` turns the spec's paths into real
+    ones (a recipe resolves them against its folder); ``options`` are write options."""
     parsed = parse_merge_spec(spec, resolve=resolve, where=where, output=output)
     options = _check_output(parsed, where, dry_run, options)
-    return api.merge(parsed.sources, parsed.output or "", takes=parsed.takes, methods=parsed.methods, base=parsed.base,
-                     seed=parsed.seed, keep_optimizer=parsed.keep_optimizer, graph_from=parsed.graph_from,
-                     allow_nonfinite=parsed.allow_nonfinite, dry_run=dry_run, **options)
+    return RecipeCall("merge", (parsed.sources, parsed.output or ""), dict(
+        takes=parsed.takes, methods=parsed.methods, base=parsed.base, seed=parsed.seed,
+        keep_optimizer=parsed.keep_optimizer, graph_from=parsed.graph_from, allow_nonfinite=parsed.allow_nonfinite,
+        **options))
 
 
-def average_from_spec(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str,
-                      dry_run: bool = False, where: str = "average", **options) -> WriteResult | Plan:
-    """Run an ``average`` dict (see :func:`parse_average_spec`), like :func:`merge_from_spec`."""
+def average_call(spec: Mapping, output: Any = None, *, resolve: Callable[[Any], str] = str,
+                 dry_run: bool = False, where: str = "average", **options) -> RecipeCall:
+    """The :func:`ckptsurgery.api.average` call an ``average`` dict asks for, like :func:`merge_call`."""
     parsed = parse_average_spec(spec, resolve=resolve, where=where, output=output)
     options = _check_output(parsed, where, dry_run, options)
-    return api.average(parsed.checkpoints, parsed.output or "", dry_run=dry_run, **parsed.options, **options)
+    return RecipeCall("average", (parsed.checkpoints, parsed.output or ""), {**parsed.options, **options})
