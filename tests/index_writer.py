@@ -14,37 +14,12 @@ from pathlib import Path
 from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from ckptsurgery.io import table as bt
+from ckptsurgery.io.index_writer import encode_block, varint as put_varint
 from ckptsurgery.io.table import masked_crc32c, parse_table
 
 
-def put_varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _block(kvs: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
-    out = bytearray()
-    restarts = [0]
-    last = b""
-    for i, (k, v) in enumerate(kvs):
-        shared = 0
-        if i % restart_interval == 0:
-            if i:
-                restarts.append(len(out))
-        else:
-            while shared < min(len(last), len(k)) and last[shared] == k[shared]:
-                shared += 1
-        out += put_varint(shared) + put_varint(len(k) - shared) + put_varint(len(v))
-        out += k[shared:] + v
-        last = k
-    for r in restarts:
-        out += struct.pack("<I", r)
-    out += struct.pack("<I", len(restarts))
-    return bytes(out)
+    return encode_block(kvs, restart_interval)
 
 
 def build_table(

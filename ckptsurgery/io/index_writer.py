@@ -89,7 +89,7 @@ def encode_entry(entry: IndexEntry) -> bytes:
 
 
 # -- the table ----------------------------------------------------------------------------------
-def _block(kvs: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
+def encode_block(kvs: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
     """One block: prefix-compressed entries, then the restart array and its count."""
     out = bytearray()
     restarts = [0]
@@ -138,12 +138,12 @@ def build_table(kvs: Iterable[tuple[bytes, bytes]]) -> bytes:
         pending.append((key, value))
         pending_size += len(key) + len(value) + 8
         if pending_size >= BLOCK_SIZE:
-            index.append((key, write_block(_block(pending, RESTART_INTERVAL))))
+            index.append((key, write_block(encode_block(pending, RESTART_INTERVAL))))
             pending, pending_size = [], 0
     if pending:
-        index.append((pending[-1][0], write_block(_block(pending, RESTART_INTERVAL))))
-    metaindex = write_block(_block([], RESTART_INTERVAL))
-    index_handle = write_block(_block(index, 1))
+        index.append((pending[-1][0], write_block(encode_block(pending, RESTART_INTERVAL))))
+    metaindex = write_block(encode_block([], RESTART_INTERVAL))
+    index_handle = write_block(encode_block(index, 1))
     footer = (metaindex + index_handle).ljust(40, b"\x00") + struct.pack("<Q", TABLE_MAGIC)
     return bytes(out + footer)
 

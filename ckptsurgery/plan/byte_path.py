@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 from ..errors import BadCheckpointError
 from ..io.bytecopy import (ChecksumMismatch, RawTensor, ShardInput, SourceReadError, decode_string_scalar,
                            encode_string_tensor)
-from ..io.index import DT_STRING, DT_VARIANT, BundleIndex, IndexEntry, dtype_name
-from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint
+from ..io.index import DT_STRING, DT_VARIANT, IndexEntry, dtype_name
+from ..io.reader import OBJECT_GRAPH_KEY
 
 if TYPE_CHECKING:  # the plan asks this module how it will be written (Plan.render), so no import back at run time
     from .entries import OutputEntry, Plan
@@ -41,15 +41,6 @@ def byte_path_enabled(option: bool | None = None) -> bool:
     if option is not None:
         return bool(option)
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def source_bundle(ckpt: Checkpoint) -> BundleIndex | None:
-    """The parsed V2 index of ``ckpt``, or None when its bytes cannot be copied as they are.
-
-    A source that says it is not a V2 bundle (a V1 checkpoint), or has no
-    ``.index`` file, is decoded through TensorFlow.
-    """
-    return ckpt.bundle_index
 
 
 def raw_tensor(plan: Plan, entry: OutputEntry) -> RawTensor | None:
@@ -66,7 +57,7 @@ def _classify(plan: Plan, entry: OutputEntry) -> tuple[RawTensor | None, str | N
     if not entry.passthrough:
         return None, "computed"
     ref = entry.inputs[0]
-    index = source_bundle(plan.sources[ref.source])
+    index = plan.sources[ref.source].bundle_index
     if index is None:
         return None, f"source {ref.source} is not a V2 bundle"
     stored = index.entries.get(ref.name)
@@ -111,7 +102,7 @@ def object_graph_raw(plan: Plan) -> RawTensor | None:
     graph = plan.object_graph
     if graph is None or any(new != old for old, new in graph.key_map.items()):
         return None
-    index = source_bundle(plan.sources[graph.source])
+    index = plan.sources[graph.source].bundle_index
     stored = index.entries.get(OBJECT_GRAPH_KEY) if index is not None else None
     if stored is None or stored.dtype != DT_STRING or stored.shape != ():
         return None
@@ -130,7 +121,7 @@ def read_object_graph(plan: Plan) -> bytes | None:
     None when the source is not a V2 bundle we parsed; the caller then asks TF's reader.
     """
     graph = plan.object_graph
-    index = source_bundle(plan.sources[graph.source]) if graph is not None else None
+    index = plan.sources[graph.source].bundle_index if graph is not None else None
     stored = index.entries.get(OBJECT_GRAPH_KEY) if index is not None else None
     if stored is None or stored.dtype != DT_STRING or stored.shape != ():
         return None
