@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import google_crc32c
 
+from .fs import filesystem, is_remote
+from .fs import cache as readahead
 from .index import DT_STRING, BundleIndex, IndexEntry
 from .table import mask, unmask
 from .index_writer import varint
@@ -164,19 +166,24 @@ class SourceReadError(Exception):
 
 
 class ShardInput:
-    """One input data shard, open for ranged reads."""
+    """One input data shard, open for ranged reads (local ``pread``, or a remote store through
+    :mod:`ckptsurgery.io.fs`, taking what :meth:`Checkpoint.prefetch` read ahead when it can)."""
 
     def __init__(self, path: str):
         self.path = path
+        self._remote = is_remote(path)
         try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            self.device = os.fstat(self.fd).st_dev
+            self._file = filesystem(path).open_reader(path)
         except OSError as exc:
             raise SourceReadError(f"cannot open data shard: {exc.strerror or exc}") from None
+        self.fd = getattr(self._file, "fd", -1)  # local only: for copy_file_range
+        self.device = self._file.device
 
     def read(self, offset: int, size: int) -> bytes:
+        data = readahead.read_slice(self.path, offset, size) if self._remote else None
         try:
-            data = os.pread(self.fd, size, offset)
+            if data is None:
+                data = self._file.read(offset, size)
         except OSError as exc:
             raise SourceReadError(f"cannot read data shard: {exc.strerror or exc}") from None
         if len(data) != size:
@@ -184,8 +191,9 @@ class ShardInput:
         return data
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
+        if self._file is not None:
+            self._file.close()
+            self._file = None
             self.fd = -1
 
 

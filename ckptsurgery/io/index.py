@@ -57,6 +57,7 @@ from typing import Any, Iterator
 
 from ckptsurgery.errors import BadCheckpointError
 from .protos import bundle_protos
+from .fs import filesystem, is_remote, normalize
 
 from .table import _Malformed, _varint, crc32c, parse_table, unmask
 
@@ -594,18 +595,21 @@ def _check_no_overlap(
 def _normalize_prefix(prefix: str | os.PathLike[str]) -> str:
     """Accept ``x.index`` or ``x.data-00000-of-00001`` for prefix ``x`` —
     a common slip — but only when ``x.index`` is what exists."""
-    p = os.fspath(prefix)
-    if not os.path.exists(p + _INDEX_SUFFIX):
-        if p.endswith(_INDEX_SUFFIX) and os.path.isfile(p):
+    p = normalize(prefix)
+    fs = filesystem(p)
+    if not fs.exists(p + _INDEX_SUFFIX):
+        if p.endswith(_INDEX_SUFFIX) and fs.isfile(p):
             return p[: -len(_INDEX_SUFFIX)]
         m = _DATA_SUFFIX_RE.search(p)
-        if m and os.path.exists(p[: m.start()] + _INDEX_SUFFIX):
+        if m and fs.exists(p[: m.start()] + _INDEX_SUFFIX):
             return p[: m.start()]
     return p
 
 
 def _stat_regular(path: str, kind: str, missing: str) -> os.stat_result:
     """stat ``path``, insisting on a regular file (a FIFO would hang a read)."""
+    if is_remote(path):
+        return _stat_remote(path, kind, missing)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -621,11 +625,23 @@ def _stat_regular(path: str, kind: str, missing: str) -> os.stat_result:
     return st
 
 
+def _stat_remote(path: str, kind: str, missing: str) -> os.stat_result:
+    """:func:`_stat_regular` on a remote store (objects are regular files; only a size is known)."""
+    fs = filesystem(path)
+    try:
+        if not fs.isfile(path):
+            if fs.isdir(path):
+                raise BadCheckpointError(path, f"{kind} is a directory, not a file")
+            raise BadCheckpointError(path, missing)
+        size = fs.size(path)
+    except OSError as e:
+        raise BadCheckpointError(path, f"cannot access {kind}: {e.strerror or e}") from None
+    return os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, size, 0, 0, 0))
+
+
 def _read_bytes(path: str, kind: str, offset: int, count: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(count)
+        return filesystem(path).read_bytes(path, offset, count)
     except (OSError, ValueError) as e:
         raise BadCheckpointError(path, f"cannot read {kind}: {getattr(e, 'strerror', None) or e}") from None
 
@@ -646,7 +662,7 @@ def read_index(prefix: str | os.PathLike[str], *, allow_variant: bool = False) -
     """
     prefix = _normalize_prefix(prefix)
     path = prefix + _INDEX_SUFFIX
-    if not os.path.exists(path) and os.path.isdir(prefix):
+    if not is_remote(path) and not os.path.exists(path) and os.path.isdir(prefix):
         raise BadCheckpointError(
             prefix, "is a directory, not a checkpoint prefix (expected e.g. dir/model.ckpt)"
         )

@@ -26,9 +26,13 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from .._tf import tf
-from ..dtypes import KNOWN, itemsize
+from ..dtypes import KNOWN, itemsize, numpy_dtype
 from ..errors import BadCheckpointError, first_line
 from .fileio import WILLNEED, advise
+from .bytecopy import crc32c_extend
+from .fs import filesystem, is_remote
+from .fs import cache as readahead
+from .table import mask
 from .resolve import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -174,6 +178,10 @@ class Checkpoint:
         info = self.info(name)
         if self.format == "v1":
             return self._read_v1(info)
+        if is_remote(self.prefix):
+            value = self._read_ahead(info)
+            if value is not None:
+                return value
         if self._reader is None:
             try:
                 # Not tf.train.load_checkpoint: it takes a prefix ending in "/" (a Saver given "dir/"
@@ -192,6 +200,17 @@ class Checkpoint:
         if info.dtype == "string":
             return np.asarray(value, dtype=object).reshape(info.shape)
         return np.asarray(value).reshape(info.shape)
+
+    def _read_ahead(self, info: TensorInfo) -> np.ndarray | None:
+        """A remote tensor from the read-ahead cache (see :meth:`prefetch`), its CRC32C checked;
+        None when it is not there or not a plain fixed-size tensor (TF's reader then reads it)."""
+        entry = self._index.entries.get(info.name) if self._index is not None else None
+        if entry is None or info.partitioned or info.dtype == "string" or not entry.size:
+            return None
+        data = readahead.take(self._index.data_path(entry.shard_id), entry.offset, entry.size)
+        if data is None or len(data) != entry.size or mask(crc32c_extend(0, data)) != entry.crc32c:
+            return None  # TF's reader reads it again, and reports a bad checksum its own way
+        return np.frombuffer(data, dtype=numpy_dtype(info.dtype)).reshape(info.shape).copy()
 
     def _read_v1(self, info: TensorInfo) -> np.ndarray:
         """A V1 tensor through ``RestoreV2`` (TF's CheckpointReader refuses V1 partitioned variables)."""
@@ -259,7 +278,10 @@ class Checkpoint:
                 if part.size:
                     ranges.setdefault(part.shard_id, []).append((part.offset, part.size))
         for shard_id, shard_ranges in ranges.items():
-            advise(self._index.data_path(shard_id), WILLNEED, shard_ranges)
+            if is_remote(self.prefix):  # a round trip per read: fetch the batch in parallel, ahead
+                readahead.fetch_ahead(self._index.data_path(shard_id), shard_ranges, filesystem(self.prefix).read_bytes)
+            else:
+                advise(self._index.data_path(shard_id), WILLNEED, shard_ranges)
 
     @property
     def bundle_index(self) -> "BundleIndex | None":

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadCheckpointError, UsageError
+from .fs import basename, dirname, filesystem, is_remote, join, normalize
 
 _DATA_FILE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 _STEP = re.compile(r"-(\d+)$")
@@ -40,7 +41,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, str]:
     shard pattern (``export-?????-of-00002``); its "prefix" is then what TF's
     reader is given: the file, or the pattern.
     """
-    text = os.fspath(path)
+    text = normalize(path)
+    if is_remote(text):
+        return _resolve_remote(text)
     p = Path(text)
     try:
         if Path(text + ".index").is_file():
@@ -101,6 +104,28 @@ def _prefix_from_state_file(state_file: Path) -> tuple[str, str]:
         raw = state_file.read_bytes()[:MAX_STATE_FILE_BYTES + 1]
     except OSError as exc:
         raise BadCheckpointError(where, f"cannot read checkpoint state file: {exc.strerror or exc}") from None
+    named = _state_model_path(where, raw)
+    prefix = named if os.path.isabs(named) else os.path.join(str(state_file.parent), named)
+    shown = named if len(named) <= 200 else named[:200] + "..."
+    folder = state_file.parent
+    try:
+        nul = "\x00" in prefix
+        is_v2 = not nul and Path(prefix + ".index").is_file()
+        v1 = None if nul or is_v2 else _v1_pattern(prefix)
+    except (OSError, ValueError):
+        is_v2, v1 = False, None
+    if _outside(prefix, folder):
+        return _moved_checkpoint(where, prefix, folder, shown)
+    if is_v2:
+        return prefix, "v2"
+    if v1 is not None:
+        return v1, "v1"
+    raise BadCheckpointError(where, f"state file points to {shown!r}, which is not a checkpoint "
+                                    "(no .index file beside it, not a V1 checkpoint file)")
+
+
+def _state_model_path(where: str, raw: bytes) -> str:
+    """The ``model_checkpoint_path`` of a state file's bytes, as written (every failure one line)."""
     try:
         text = raw.decode("utf-8")
         if "\x00" in text:
@@ -121,23 +146,7 @@ def _prefix_from_state_file(state_file: Path) -> tuple[str, str]:
     named = state.model_checkpoint_path
     if not named:
         raise BadCheckpointError(where, "checkpoint state file names no model_checkpoint_path")
-    prefix = named if os.path.isabs(named) else os.path.join(str(state_file.parent), named)
-    shown = named if len(named) <= 200 else named[:200] + "..."
-    folder = state_file.parent
-    try:
-        nul = "\x00" in prefix
-        is_v2 = not nul and Path(prefix + ".index").is_file()
-        v1 = None if nul or is_v2 else _v1_pattern(prefix)
-    except (OSError, ValueError):
-        is_v2, v1 = False, None
-    if _outside(prefix, folder):
-        return _moved_checkpoint(where, prefix, folder, shown)
-    if is_v2:
-        return prefix, "v2"
-    if v1 is not None:
-        return v1, "v1"
-    raise BadCheckpointError(where, f"state file points to {shown!r}, which is not a checkpoint "
-                                    "(no .index file beside it, not a V1 checkpoint file)")
+    return named
 
 
 def _outside(prefix: str, folder: Path) -> bool:
@@ -193,6 +202,9 @@ def last_checkpoints(folder: str | os.PathLike, n: int) -> list[str]:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UsageError(f"--last needs a positive number of checkpoints, got {n!r}")
+    folder = normalize(folder)
+    if is_remote(folder):
+        return _remote_last_checkpoints(folder, n)
     path = Path(folder)
     if not path.is_dir():
         raise UsageError(f"{folder}: not a folder (--last N DIR takes a training folder)")
@@ -226,7 +238,9 @@ def last_checkpoints(folder: str | os.PathLike, n: int) -> list[str]:
 
 
 def checkpoint_files(prefix: str) -> list[Path]:
-    """The files of the checkpoint at ``prefix``: its index and data shards."""
+    """The files of the checkpoint at ``prefix``: its index and data shards (URLs, as ``str``, for a remote one)."""
+    if is_remote(prefix):
+        return _remote_checkpoint_files(prefix)  # type: ignore[return-value]
     path = Path(prefix)
     if not path.parent.is_dir():
         return []
@@ -235,3 +249,100 @@ def checkpoint_files(prefix: str) -> list[Path]:
         f for f in path.parent.iterdir()
         if f.name == base + ".index" or (f.name.startswith(base + ".data-") and "-of-" in f.name)
     )
+
+
+# -- remote checkpoints (gs://, ram://, ...): the same rules, through the filesystem layer ----------------------
+def _resolve_remote(text: str) -> tuple[str, str]:
+    """:func:`resolve_checkpoint` for a URL: a V2 prefix, its ``.index``/``.data-*`` file, a
+    ``checkpoint`` state file or a folder (V1 checkpoints are read from local disk only)."""
+    fs = filesystem(text)
+    try:
+        if fs.isfile(text + ".index"):
+            return text, "v2"
+        if text.endswith(".index") and fs.isfile(text):
+            return text[: -len(".index")], "v2"
+        match = _DATA_FILE.match(text)
+        if match and fs.isfile(text):
+            prefix = match.group("prefix")
+            if fs.isfile(prefix + ".index"):
+                return prefix, "v2"
+            raise BadCheckpointError(text, f"data shard has no index file {prefix}.index beside it")
+        if basename(text) == "checkpoint" and fs.isfile(text):
+            return _remote_state_prefix(text.rstrip("/"))
+        if fs.isdir(text):
+            folder = text.rstrip("/")
+            if fs.isfile(join(folder, "checkpoint")):
+                return _remote_state_prefix(join(folder, "checkpoint"))
+            if fs.isfile(join(folder, "variables/variables.index")):
+                return join(folder, "variables/variables"), "v2"
+            indexes = [n[: -len(".index")] for n in fs.listdir(folder) if n.endswith(".index")]
+            if indexes:
+                newest = max(indexes, key=lambda n: (step_of(n) if step_of(n) is not None else -1, n))
+                return join(folder, newest), "v2"
+            raise BadCheckpointError(text, "folder holds no checkpoint (no .index file, no 'checkpoint' state file)")
+    except OSError as exc:
+        raise BadCheckpointError(text, f"cannot open: {exc.strerror or exc}") from None
+    raise BadCheckpointError(text, "no such checkpoint (no .index file at this prefix, not a folder holding one)")
+
+
+def _remote_state_prefix(state_file: str) -> tuple[str, str]:
+    fs = filesystem(state_file)
+    try:
+        if fs.size(state_file) > MAX_STATE_FILE_BYTES:
+            raise BadCheckpointError(state_file, "checkpoint state file is too large to be one")
+        raw = fs.read_bytes(state_file, 0, MAX_STATE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise BadCheckpointError(state_file, f"cannot read checkpoint state file: {exc.strerror or exc}") from None
+    named = _state_model_path(state_file, raw)
+    folder = dirname(state_file)
+    # Relative to the folder, as TF writes it; an absolute path elsewhere means a moved folder (see above).
+    prefix = named if is_remote(named) else join(folder, named)
+    if dirname(prefix) != folder:
+        prefix = join(folder, basename(named))
+    if fs.isfile(prefix + ".index"):
+        return prefix, "v2"
+    shown = named if len(named) <= 200 else named[:200] + "..."
+    raise BadCheckpointError(state_file, f"state file points to {shown!r}, which is not a checkpoint "
+                                         "(no .index file beside it)")
+
+
+def _remote_checkpoint_files(prefix: str) -> list[str]:
+    fs = filesystem(prefix)
+    folder, base = dirname(prefix), basename(prefix)
+    try:
+        names = fs.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(join(folder, n) for n in names
+                  if n == base + ".index" or (n.startswith(base + ".data-") and "-of-" in n))
+
+
+def _remote_last_checkpoints(folder: str, n: int) -> list[str]:
+    """:func:`last_checkpoints` for a URL folder (the state file's list, else step numbers)."""
+    fs = filesystem(folder)
+    folder = folder.rstrip("/")
+    state_file = join(folder, "checkpoint")
+    try:
+        if not fs.isdir(folder):
+            raise UsageError(f"{folder}: not a folder (--last N DIR takes a training folder)")
+        if fs.isfile(state_file):
+            from .._tf import tf
+
+            try:
+                state = tf().train.get_checkpoint_state(folder)
+            except Exception as exc:
+                raise BadCheckpointError(state_file, f"unreadable checkpoint state file: {exc}") from None
+            listed = list(state.all_model_checkpoint_paths) if state is not None else []
+            prefixes = [p for p in listed if fs.isfile(p + ".index")]
+            how = f"listed in {state_file} with an .index file"
+        else:
+            stepped = sorted((step_of(name[:-6]), join(folder, name[:-6])) for name in fs.listdir(folder)
+                             if name.endswith(".index") and step_of(name[:-6]) is not None)
+            prefixes = [p for _, p in stepped]
+            how = "with a step number (name-NNN.index) and no 'checkpoint' state file"
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot list folder: {exc.strerror or exc}") from None
+    if len(prefixes) < n:
+        raise UsageError(f"{folder}: asked for the last {n} checkpoints but there {'is' if len(prefixes) == 1 else 'are'} "
+                         f"only {len(prefixes)} ({how})")
+    return prefixes[-n:]

@@ -52,6 +52,8 @@ from .publish.clean import recover_destination
 from .publish.commit import publish
 from .publish.lock import DestinationLock
 from .publish.staging import Staging
+from .publish.remote import RemoteLock, publish_remote
+from .fs import absolute, basename, dirname, filesystem, is_remote, join, normalize
 from .resolve import checkpoint_files
 from ..text.sizes import parse_size
 
@@ -67,7 +69,9 @@ def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, 
     source's base name inside it.  A destination that is one of the inputs
     is refused always; an existing checkpoint is refused unless ``force``.
     """
-    text = os.fspath(dest)
+    text = normalize(dest)
+    if is_remote(text):
+        return _resolve_remote_destination(text, source_prefixes, force=force)
     if text.endswith(os.sep) or Path(text).is_dir():
         text = os.path.join(text, os.path.basename(source_prefixes[0]) if source_prefixes else "ckpt")
     prefix = os.path.abspath(text)
@@ -84,6 +88,23 @@ def resolve_destination(dest: str | os.PathLike, source_prefixes: list[str], *, 
         raise OutputError(f"{parent}: destination folder is a file")
     faults.at("destination-checked")  # checked without the lock: publish checks again under it
     return prefix
+
+
+def _resolve_remote_destination(text: str, source_prefixes: list[str], *, force: bool) -> str:
+    """:func:`resolve_destination` for a URL (recovery of dead runs happens under the lock, at open)."""
+    fs = filesystem(text)
+    try:
+        if text.endswith("/") or (fs.isdir(text) and not checkpoint_files(text)):
+            text = join(text.rstrip("/"), basename(source_prefixes[0]) if source_prefixes else "ckpt")
+        exists = bool(checkpoint_files(text))
+    except OSError as exc:
+        raise OutputError(f"{text}: cannot read the destination: {exc.strerror or exc}") from None
+    if text in source_prefixes:
+        raise OutputError(f"{text}: destination is one of the inputs; write elsewhere (inputs are never modified)")
+    if exists and not force:
+        raise OutputError(f"{text}: a checkpoint already exists here; pass --force to replace it")
+    faults.at("destination-checked")
+    return text
 
 
 class ShardWriter:
@@ -110,14 +131,14 @@ class ShardWriter:
         own_index: bool = False,
         crc_check: bool = True,
     ):
-        self.dest_prefix = os.path.abspath(dest_prefix)
+        self.dest_prefix = absolute(dest_prefix)
         self.force = force  # replace a checkpoint found at the destination when publishing
         self.budget = parse_size(memory_budget)
         self.workers = max(1, int(workers))
         self.durable = durable
         self._on_written = on_written or (lambda n: None)
         self._check = check
-        self._lock = DestinationLock(self.dest_prefix)
+        self._lock = RemoteLock(self.dest_prefix) if is_remote(self.dest_prefix) else DestinationLock(self.dest_prefix)
         self._staging: Staging | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: list[Future] = []
@@ -140,10 +161,11 @@ class ShardWriter:
             self.abort()
 
     def open(self) -> None:
+        folder = dirname(self.dest_prefix)
         try:
-            Path(self.dest_prefix).parent.mkdir(parents=True, exist_ok=True)
+            filesystem(folder).makedirs(folder)
         except OSError as exc:
-            raise _write_error(str(Path(self.dest_prefix).parent), exc) from None
+            raise _write_error(folder, exc) from None
         self._lock.acquire()
         try:
             recover_destination(self.dest_prefix, locked=True)  # dead runs' leftovers (we hold the lock)
@@ -285,7 +307,10 @@ class ShardWriter:
         if self._check is not None:
             self._check(merged)
         try:
-            self.published = publish(self._staging, durable=self.durable, replace=self.force)
+            if isinstance(self._lock, RemoteLock):
+                self.published = publish_remote(self._staging, self._lock, replace=self.force)
+            else:
+                self.published = publish(self._staging, durable=self.durable, replace=self.force)
         except OSError as exc:
             raise _write_error(self.dest_prefix, exc) from None
         # Published: whatever happens now, the staging folder and the lock must go.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import remote
+from ..fs import dirname, filesystem, is_remote, normalize
 from .journal import JOURNAL, roll_back, RollBack, ROLLBACK_FAILED
 from .liveness import older_than, pid_alive
 from .lock import DestinationLock, LOCK_SUFFIX
@@ -20,7 +23,8 @@ from ...errors import OutputError
 class CleanAction:
     """One thing :func:`clean` or :func:`recover_destination` did (or left)."""
 
-    action: str  # "removed-staging", "rolled-back", "state-file-updated", "removed-lock", "removed-temp",
+    action: str  # "removed-staging", "rolled-back", "rolled-forward", "state-file-updated", "removed-lock",
+    #              "removed-temp", "removed-journal",
     #              "skipped-live", "kept-previous"
     path: str
     detail: str = ""
@@ -108,6 +112,8 @@ def recover_destination(dest_prefix: str, *, locked: bool = False) -> list[Clean
     staging folders.  Takes the destination lock unless ``locked``; raises
     :class:`OutputError` if a live run holds it.
     """
+    if is_remote(dest_prefix):
+        return _recover_remote(dirname(dest_prefix), dest_prefix, locked=locked)
     root = Path(dest_prefix).parent
     if not root.is_dir():
         return []
@@ -137,6 +143,9 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
     run is skipped (that run recovers it itself).  A ``checkpoint`` state
     file a dead run was writing (``checkpoint.ckptsurgery-tmp-PID-*``) goes.
     """
+    folder = normalize(folder)
+    if is_remote(folder):
+        return _clean_remote(folder.rstrip("/"), only_dead)
     root = Path(folder)
     if not root.is_dir():
         raise OutputError(f"{root}: not a folder")
@@ -171,6 +180,66 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
         # leftovers of a lock being created or taken over by a run that died right then
         if aside.name.split(LOCK_SUFFIX + ".", 1)[1].startswith(("stale-", "tmp-")) and older_than(aside, 60):
             aside.unlink(missing_ok=True)
+    return actions
+
+
+def _recover_remote(folder: str, destination: str | None, *, locked: bool) -> list[CleanAction]:
+    """Finish or undo dead runs' publishes on a remote store, from their journals (see :mod:`.remote`).
+
+    A journal is dead when the destination's lock object no longer names its
+    run with a live lease.  With ``locked`` the caller holds the destination
+    lock, so any journal there is a dead run's.
+    """
+    actions: list[CleanAction] = []
+    for journal, liveness in remote.dead_journals(folder, destination):
+        if liveness == "live" and not locked:
+            actions.append(CleanAction("skipped-live", journal.path, "its destination is locked by a live run"))
+            continue
+        lock = None if locked else remote.RemoteLock(journal.destination)
+        if lock is not None:
+            try:
+                lock.acquire()
+            except OutputError:
+                actions.append(CleanAction("skipped-live", journal.path, "its destination is locked by a live run"))
+                continue
+        try:
+            outcome = remote.recover_journal(journal)
+        except OSError as exc:
+            actions.append(CleanAction("kept-previous", journal.path, f"recovery failed: {exc.strerror or exc}"))
+            continue
+        finally:
+            if lock is not None:
+                lock.release()
+        actions.append(CleanAction(outcome, journal.destination,
+                                   "new checkpoint completed" if outcome == "rolled-forward" else
+                                   "unpublished files removed, destination as before"))
+        actions.append(CleanAction("removed-journal", journal.path))
+    return actions
+
+
+def _clean_remote(folder: str, only_dead: bool) -> list[CleanAction]:
+    """:func:`clean_actions` for a remote folder: expired lock objects, dead runs' journals (rolled
+    back or forward), and this machine's local staging folders of runs that wrote there."""
+    fs = filesystem(folder)
+    try:
+        if not fs.isdir(folder):
+            raise OutputError(f"{folder}: not a folder")
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot list folder: {exc.strerror or exc}") from None
+    actions: list[CleanAction] = []
+    try:
+        for lock_path in remote.stale_locks(folder):
+            fs.remove(lock_path)
+            actions.append(CleanAction("removed-lock", lock_path))
+        actions += _recover_remote(folder, None, locked=False)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cleaning failed: {exc.strerror or exc}") from None
+    tmp = Path(tempfile.gettempdir())
+    for entry, marker in _dead_stagings(tmp, None, only_dead):
+        dest = marker.get("destination")
+        if isinstance(dest, str) and dirname(dest) == folder:
+            shutil.rmtree(entry, ignore_errors=True)
+            actions.append(CleanAction("removed-staging", str(entry)))
     return actions
 
 

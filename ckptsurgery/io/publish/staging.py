@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from .journal import roll_back, ROLLBACK_FAILED
 from .liveness import owner_record
+from ..fs import basename, is_remote
 from ...errors import OutputError
 
 
@@ -23,6 +25,11 @@ class Staging:
     """A marked staging folder beside the destination prefix."""
 
     def __init__(self, dest_prefix: str):
+        if is_remote(dest_prefix):
+            # No atomic renames there: build locally, upload once (see :mod:`.remote`).
+            self.dest_prefix = dest_prefix
+            self.path = Path(tempfile.gettempdir()) / f"{STAGING_PREFIX}{basename(dest_prefix)}-{uuid.uuid4().hex[:8]}"
+            return
         dest = Path(dest_prefix)
         self.dest_prefix = str(dest)
         self.path = dest.parent / f"{STAGING_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
@@ -43,7 +50,7 @@ class Staging:
 
     @property
     def merged_prefix(self) -> str:
-        return str(self.path / "merged" / Path(self.dest_prefix).name)
+        return str(self.path / "merged" / basename(self.dest_prefix))
 
     def remove(self) -> None:
         """Discard the staging folder; if a publish had begun and not committed,
