@@ -10,13 +10,21 @@ the ``OSError(ENOSPC)`` a full disk would, or, for ``pause@POINT``, sleeps
 or, for ``wait@POINT``, creates ``$CKPTSURGERY_FAULT_GATE.reached`` and waits
 until the file ``$CKPTSURGERY_FAULT_GATE`` exists (at most 120 s): a test
 then runs something else at exactly that instant, with no timing guesswork.
+For filesystems that live in the process (``ram://``), where a kill would
+take the evidence with it: ``fail@POINT`` raises ``OSError(EIO)`` (a store
+error the run handles), ``crash@POINT`` raises :class:`SimulatedCrash`, which
+no recovery code catches, so the store is left as a killed run leaves it.
 Tests use it to prove that no instant of a run can leave a half-written
 checkpoint at the destination.
 
 Points: ``destination-checked`` (the destination was judged, before the
 lock is taken), ``group-saved``, ``before-merge``, ``after-merge``,
 ``publish-old-moved``, ``publish-data-moved``, ``state-file-written`` (the
-temp state file is written, not yet renamed), ``after-publish``.
+temp state file is written, not yet renamed), ``after-publish``; on a remote
+store (:mod:`ckptsurgery.io.publish.remote`): ``remote-write`` (each write to
+a remote file), ``remote-copy`` (each remote rename or copy),
+``remote-data-uploaded``, ``remote-index-uploaded``, ``remote-state-switched``
+and ``remote-moved-into-place`` (``--force``).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ def at(point: str) -> None:
     if not spec:
         return
     action = "kill"
-    for prefix in ("enospc@", "pause@", "wait@"):
+    for prefix in ("enospc@", "pause@", "wait@", "fail@", "crash@"):
         if spec.startswith(prefix):
             action, spec = prefix[:-1], spec[len(prefix):]
     name, _, nth = spec.partition(":")
@@ -49,6 +57,10 @@ def at(point: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "fail":
+        raise OSError(errno.EIO, f"injected failure at {point}")
+    if action == "crash":
+        raise SimulatedCrash(point)
     if action == "wait":
         _wait_at_gate(os.environ.get("CKPTSURGERY_FAULT_GATE", ""))
         return
@@ -56,6 +68,10 @@ def at(point: str) -> None:
         time.sleep(float(os.environ.get("CKPTSURGERY_FAULT_PAUSE", "3")))
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SimulatedCrash(BaseException):
+    """The process "dies" here (``crash@POINT``): a BaseException, so no ``except Exception`` cleans up."""
 
 
 def _wait_at_gate(gate: str) -> None:

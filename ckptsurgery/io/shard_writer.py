@@ -96,7 +96,7 @@ def _resolve_remote_destination(text: str, source_prefixes: list[str], *, force:
     try:
         if text.endswith("/") or (fs.isdir(text) and not checkpoint_files(text)):
             text = join(text.rstrip("/"), basename(source_prefixes[0]) if source_prefixes else "ckpt")
-        exists = bool(checkpoint_files(text))
+        exists = fs.isfile(text + ".index")  # data shards without an index are no checkpoint (a dead run's?)
     except OSError as exc:
         raise OutputError(f"{text}: cannot read the destination: {exc.strerror or exc}") from None
     if text in source_prefixes:

@@ -197,7 +197,7 @@ def parse_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: d
     base = Path(path).resolve().parent
 
     def resolve(p: Any) -> str:
-        return str(p) if os.path.isabs(str(p)) else str(base / str(p))
+        return str(p) if os.path.isabs(str(p)) or "://" in str(p) else str(base / str(p))  # a URL stays one
 
     options = dict(data.get("options") or {})
     options.update(check_write_options(overrides or {}, "command line"))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import errno
 import threading
+import uuid
 from contextlib import contextmanager
 
 from .. import faults
+from .gfile_names import TMP_INFIX
 from ..._tf import tf
 
 
@@ -68,6 +70,8 @@ class GFileWriter:
     def __init__(self, path: str):
         self.path = path
         with _as_oserror(path):
+            if tf().io.gfile.exists(path):
+                tf().io.gfile.remove(path)  # some stores (ram://) append to an existing file opened "wb"
             self._file = tf().io.gfile.GFile(path, "wb")
 
     def write(self, data: bytes) -> None:
@@ -95,7 +99,17 @@ class GFileFS:
 
     def isdir(self, path: str) -> bool:
         with _as_oserror(path):
-            return self._g.isdir(path)
+            if not self._g.isdir(path):
+                return False
+            # ram:// calls any string prefix of a file name a folder ("x/ckpt" when "x/ckpt.index"
+            # exists): a folder must also be listed in its parent (GCS lists it as "name/").
+            head, _, name = path.rstrip("/").rpartition("/")
+            if head.endswith(":/") or not name:
+                return True  # a bucket or the store's root
+            try:
+                return name in {n.rstrip("/") for n in self._g.listdir(head)}
+            except tf().errors.OpError:
+                return True
 
     def isfile(self, path: str) -> bool:
         # stat, not exists/isdir: some stores (ram://) call any prefix of a file name a folder.
@@ -135,6 +149,8 @@ class GFileFS:
     def copy(self, src: str, dst: str) -> None:
         faults.at("remote-copy")
         with _as_oserror(src):
+            if self._g.exists(dst):
+                self._g.remove(dst)  # ram:// appends to an existing target
             self._g.copy(src, dst, overwrite=True)
 
     def size(self, path: str) -> int:
@@ -152,11 +168,18 @@ class GFileFS:
             return f.read(size)
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        writer = GFileWriter(path)
+        """Write a small file whole, replacing any old one in one step: a temp object, then a rename
+        over the target (on GCS a copy, which replaces the object atomically; readers see old or new)."""
+        tmp = f"{path}{TMP_INFIX}{uuid.uuid4().hex[:8]}"
+        writer = GFileWriter(tmp)
         try:
             writer.write(data)
-        finally:
             writer.close()
+            with _as_oserror(path):
+                self._g.rename(tmp, path, overwrite=True)
+        except BaseException:
+            self.remove(tmp)
+            raise
 
     def open_reader(self, path: str) -> GFileReader:
         return GFileReader(path)

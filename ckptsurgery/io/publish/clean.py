@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import remote
-from ..fs import dirname, filesystem, is_remote, normalize
+from ..fs import dirname, filesystem, is_remote, join, normalize
+from ..fs.gfile_names import TMP_INFIX
 from .journal import JOURNAL, roll_back, RollBack, ROLLBACK_FAILED
 from .liveness import older_than, pid_alive
 from .lock import DestinationLock, LOCK_SUFFIX
@@ -232,6 +234,11 @@ def _clean_remote(folder: str, only_dead: bool) -> list[CleanAction]:
             fs.remove(lock_path)
             actions.append(CleanAction("removed-lock", lock_path))
         actions += _recover_remote(folder, None, locked=False)
+        for name in sorted(fs.listdir(folder)):
+            # a small file a run was replacing (write_bytes) when it died; a live writer takes milliseconds
+            if TMP_INFIX in name and time.time() - fs.mtime(join(folder, name)) > 60:
+                fs.remove(join(folder, name))
+                actions.append(CleanAction("removed-temp", join(folder, name)))
     except OSError as exc:
         raise OutputError(f"{folder}: cleaning failed: {exc.strerror or exc}") from None
     tmp = Path(tempfile.gettempdir())

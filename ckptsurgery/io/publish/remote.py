@@ -311,14 +311,24 @@ def publish_remote(staging, lock: RemoteLock, *, replace: bool) -> str:
             _remove_checkpoint(fresh)
         else:
             update_state(folder, dest)
-    except Exception:
+    except Exception as exc:
+        # Undo (or, once the state file named the new checkpoint, finish) what this run started.
         try:
-            recover_journal(journal)
+            outcome = recover_journal(journal)
         except Exception:
-            pass  # left for `ckptsurgery clean`, which redoes it from the journal
-        raise
+            raise OutputError(f"{dest}: publishing failed ({_reason(exc)}) and so did undoing it: run "
+                              f"`ckptsurgery clean {folder}`; readers see a whole checkpoint meanwhile") from None
+        if outcome == "rolled-forward":
+            return dest  # the failed step was redone: the new checkpoint is published, whole
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{dest}: publishing failed ({_reason(exc)}); it was undone, nothing was published") from None
     fs.remove(journal.path)
     return dest
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _move_into_place(fresh: str, dest: str, data_names: list[str]) -> None:
