@@ -147,7 +147,7 @@ def test_edit_ram_to_ram_with_computed_tensors(tf1_ram):
 
 
 def test_transfer_average_merge_diff_verify_on_ram(tiny_ram, tmp_path):
-    (pa, a), (pb, b), (pc, c) = tiny_ram["a"], tiny_ram["b"], tiny_ram["c"]
+    (pa, a), (pb, b), pc = tiny_ram["a"], tiny_ram["b"], tiny_ram["c"][0]
     out = ram("transfer") + "/warm"
     cs.transfer(pa, pb, out, progress=False, old_step_counters=True)
     fresh = TinyModel(seed=50)
@@ -372,3 +372,37 @@ def test_file_url_is_the_plain_path_on_the_cli(tf1_ckpt, tmp_path):
     shown = run_cli("inspect", "file://" + str(out))
     assert shown.returncode == 0 and "encoder/dense/kernel" in shown.stdout
     assert run_cli("clean", "file://" + str(out.parent)).returncode == 0
+
+
+# -- read-ahead: remote inputs are read in parallel, a batch ahead ---------------------------------------
+def test_average_of_remote_checkpoints_takes_later_batches_from_the_read_ahead(tiny_ram, monkeypatch):
+    taken = []
+    real_take = readahead.take
+
+    def counting_take(path, offset, size):
+        data = real_take(path, offset, size)
+        taken.append(data is not None)
+        return data
+
+    monkeypatch.setattr(readahead, "take", counting_take)
+    prefixes = [tiny_ram[k][0] for k in "abc"]
+    # A budget of a few tensors: several batches, each fetched while the previous one is averaged.
+    out = average(prefixes, ram("ahead") + "/ckpt", progress=False, memory_budget="200B").prefix
+    assert sum(taken) >= 6, taken  # at least two tensors of every source after the first batch
+    want = np.mean([values(p)["model/decoder/w" + KEY].astype(np.float64) for p in prefixes], axis=0)
+    np.testing.assert_array_equal(values(out)["model/decoder/w" + KEY], want.astype(np.float32))
+
+
+def test_byte_copy_from_a_remote_source_reads_ranges_fetched_ahead(tiny_ram, monkeypatch):
+    served = []
+    real = readahead.read_slice
+
+    def counting(path, offset, size):
+        data = real(path, offset, size)
+        served.append(data is not None)
+        return data
+
+    monkeypatch.setattr(readahead, "read_slice", counting)
+    out = cs.copy(tiny_ram["a"][0], ram("bytes") + "/ckpt", progress=False, memory_budget="200B").prefix
+    assert any(served) and not all(served)  # the first batch on demand, later ones from the read-ahead
+    assert_same_values(values(out), values(tiny_ram["a"][0]))

@@ -79,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "Reads tensors straight from .index/.data files and rewrites them by name, without the\n"
                     "model's code. Unchanged tensors move as CRC32C-checked bytes; changed ones are decoded\n"
                     "and encoded by TensorFlow's own ops, in shards no larger than a memory budget.\n"
-                    "Inputs are never modified; outputs appear atomically.",
+                    "Inputs are never modified; outputs appear atomically.\n\n"
+                    "Every path may be a URL, for inputs and outputs alike: gs://bucket/run/model.ckpt, or any\n"
+                    "filesystem TensorFlow's tf.io.gfile knows (hdfs://, s3:// with its plugin, ram://);\n"
+                    "file:///x is the plain path /x. See README, \"Checkpoints on gs:// and other filesystems\".",
         epilog="examples:\n"
                "  ckptsurgery inspect runs/bert/ --tree\n"
                "  ckptsurgery copy runs/bert/model.ckpt-1000 /tmp/copy/model.ckpt\n"
-               "  ckptsurgery edit runs/bert/ slim/model.ckpt --drop-optimizer --cast float32:bfloat16 --dry-run\n\n"
+               "  ckptsurgery edit runs/bert/ slim/model.ckpt --drop-optimizer --cast float32:bfloat16 --dry-run\n"
+               "  ckptsurgery copy gs://bucket/run/model.ckpt-1000 /tmp/copy/model.ckpt\n\n"
                + EPILOG_EXIT_CODES,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")

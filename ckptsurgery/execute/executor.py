@@ -25,6 +25,7 @@ from ..plan.objectgraph import checked_object_graph, rewrite_object_graph
 from ..options import check_write_options
 from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
+from ..io.fs import cache as readahead
 from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from ..transforms import apply_steps
 from ..values import same_bits
@@ -230,6 +231,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                          durable=options.fsync, on_written=bar.update, check=check,
                          force=options.force, own_index=byte_path, crc_check=options.crc_check) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
+            readahead.set_limit(2 * writer.budget)  # remote sources: this batch and the next, fetched ahead
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])

@@ -9,10 +9,11 @@ this cache, while the current batch is processed.  Reads of the byte path
 (:class:`~ckptsurgery.io.bytecopy.ShardInput`) and the decoding of remote
 tensors (:meth:`Checkpoint.read`) take their bytes from here when present.
 
-Bounded: at most :data:`LIMIT` bytes are held (a batch is at most the memory
-budget, so set it from there); a range that does not fit is not fetched
-ahead and is read when needed.  Each range is handed out once and then
-dropped (every tensor is read once per run), oldest first when full.
+Bounded: at most :data:`LIMIT` bytes are held; the executor sets it to two
+memory budgets (the batch being processed and the next one, each at most a
+budget).  When full the oldest ranges are forgotten (read on demand if still
+needed); a range larger than the limit is never fetched ahead.  Each range is
+handed out once and then dropped (every tensor is read once per run).
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ def fetch_ahead(path: str, ranges: list[tuple[int, int]], read) -> None:
             key = (path, offset, size)
             if key in _entries or not size:
                 continue
-            if _held + size > LIMIT:
-                return  # full: the rest is read on demand
+            if size > LIMIT:
+                continue  # never fits: read on demand
+            while _held + size > LIMIT:  # full: forget the oldest (a batch already done, or read on demand)
+                (_, _, old_size), old = _entries.popitem(last=False)
+                old.cancel()
+                _held -= old_size
             _entries[key] = _executor().submit(read, path, offset, size)
             _held += size
 
