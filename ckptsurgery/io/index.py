@@ -641,7 +641,11 @@ def _stat_remote(path: str, kind: str, missing: str) -> os.stat_result:
 
 def _read_bytes(path: str, kind: str, offset: int, count: int) -> bytes:
     try:
-        return filesystem(path).read_bytes(path, offset, count)
+        if is_remote(path):
+            return filesystem(path).read_bytes(path, offset, count)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(count)
     except (OSError, ValueError) as e:
         raise BadCheckpointError(path, f"cannot read {kind}: {getattr(e, 'strerror', None) or e}") from None
 

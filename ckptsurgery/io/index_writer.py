@@ -21,6 +21,7 @@ import os
 import struct
 from collections.abc import Iterable
 
+from .fs import filesystem
 from .index import IndexEntry
 from .table import TABLE_MAGIC, masked_crc32c
 
@@ -158,6 +159,5 @@ def write_index(prefix: str, num_shards: int, entries: Iterable[IndexEntry]) -> 
     """Write ``<prefix>.index``; returns its path.  Durability is the publisher's job (it fsyncs)."""
     path = prefix + ".index"
     data = index_bytes(num_shards, entries)
-    with open(path, "wb") as f:
-        f.write(data)
+    filesystem(path).write_bytes(path, data)  # any filesystem (the writer's staging folder is local)
     return os.fspath(path)
