@@ -68,7 +68,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
         print(f"nothing to clean in {args.folder}")
     kept = [a for a in actions if a.action == "kept-previous"]
     if kept:
-        print_error(f"{kept[0].path}: could not restore the previous checkpoint; "
-                    "it is kept in previous/ inside that folder", after_output=True)
+        print_error(f"{kept[0].path}: {kept[0].detail}", after_output=True)  # what could not be restored, and where it is
         return EXIT_IO
     return EXIT_OK
