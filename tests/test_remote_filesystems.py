@@ -406,3 +406,58 @@ def test_byte_copy_from_a_remote_source_reads_ranges_fetched_ahead(tiny_ram, mon
     out = cs.copy(tiny_ram["a"][0], ram("bytes") + "/ckpt", progress=False, memory_budget="200B").prefix
     assert any(served) and not all(served)  # the first batch on demand, later ones from the read-ahead
     assert_same_values(values(out), values(tiny_ram["a"][0]))
+
+
+# -- the lease lock ------------------------------------------------------------------------------------------
+def test_a_live_lease_held_elsewhere_refuses_the_run_and_an_expired_one_is_taken_over(tiny_ram):
+    import json
+    import time
+
+    folder = ram("lease")
+    out = folder + "/ckpt"
+    gfile.makedirs(folder)
+    lock = out + remote.LOCK_SUFFIX
+
+    def held_by_other(expires: float) -> None:
+        with gfile.GFile(lock, "w") as f:
+            f.write(json.dumps({"owner": "other", "host": "tpu-vm-7", "pid": 4242, "expires": expires}))
+
+    held_by_other(time.time() + 60)
+    with pytest.raises(OutputError, match=r"another ckptsurgery run \(host tpu-vm-7, pid 4242\)"):
+        cs.copy(tiny_ram["a"][0], out, progress=False)
+    assert gfile.listdir(folder) == ["ckpt" + remote.LOCK_SUFFIX]
+    gfile.remove(lock)  # ram:// appends to a file opened for writing: start it afresh
+    held_by_other(time.time() - 1)
+    cs.copy(tiny_ram["a"][0], out, progress=False)
+    assert_same_values(values(out), values(tiny_ram["a"][0]))
+    assert leftovers(folder) == []
+
+
+def test_a_run_that_lost_its_lock_before_the_commit_point_publishes_nothing(tiny_ram, monkeypatch):
+    import threading
+
+    folder = ram("lost")
+    out = folder + "/ckpt"
+    monkeypatch.setenv("CKPTSURGERY_FAULT", "wait@remote-data-uploaded")
+    gate = str(Path(__import__("tempfile").mkdtemp()) / "gate")
+    monkeypatch.setenv("CKPTSURGERY_FAULT_GATE", gate)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cs.copy(tiny_ram["a"][0], out, progress=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while not Path(gate + ".reached").exists():
+        worker.join(0.05)
+    # Another run (which started in the same instant) overwrote the lock object.
+    gfile.remove(out + remote.LOCK_SUFFIX)
+    with gfile.GFile(out + remote.LOCK_SUFFIX, "w") as f:
+        f.write('{"owner": "other", "host": "elsewhere", "pid": 1, "expires": 1e12}')
+    Path(gate).touch()
+    worker.join(60)
+    assert errors and "lost the destination lock" in str(errors[0])
+    assert sorted(gfile.listdir(folder)) == ["ckpt" + remote.LOCK_SUFFIX]  # no index, no data, no journal
