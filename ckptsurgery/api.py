@@ -71,7 +71,7 @@ def inspect(path: PathLike) -> dict:
 def copy(
     src: PathLike, dst: str | os.PathLike, *, dry_run: bool = False, memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     workers: int = 1, force: bool = False, verify: bool = False, fsync: bool = True, progress: bool | None = None,
-    crc_check: bool = True, byte_path: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None, cluster: str | None = None, scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Rewrite ``src`` at ``dst`` unchanged, in streaming shards.
 
@@ -79,7 +79,7 @@ def copy(
         src: the checkpoint to copy (prefix, folder, state file, any of its files, or a Checkpoint).
         dst: destination prefix; an existing folder or a path ending in ``/`` gets SRC's base name.
         dry_run: return the :class:`Plan` without reading tensor data or writing anything.
-        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path: the write options
+        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path, cluster, scheduler: the write options
             (see :data:`ckptsurgery.options.WRITE_OPTIONS`), the same names as the
             ``--memory-budget``... flags and a recipe's ``options:``.
 
@@ -93,7 +93,8 @@ def copy(
         OutputError: DST exists (without ``force``), is an input, or cannot be written.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress, crc_check=crc_check, byte_path=byte_path)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                 scheduler=scheduler)
     check_write_options(write)
     return write_or_plan(plan_edit(open_checkpoint(src), []), dst, dry_run, **write)
 
@@ -102,7 +103,7 @@ def edit(
     src: PathLike, dst: str | os.PathLike, rules: Sequence[Rule], *, dry_run: bool = False,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET, workers: int = 1, force: bool = False, verify: bool = False,
     fsync: bool = True, progress: bool | None = None,
-    crc_check: bool = True, byte_path: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None, cluster: str | None = None, scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Apply ``rules`` (Rename, Keep, Drop, DropOptimizer, Cast, Resize) in order, in one pass.
 
@@ -120,7 +121,8 @@ def edit(
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress, crc_check=crc_check, byte_path=byte_path)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                 scheduler=scheduler)
     check_write_options(write)
     return write_or_plan(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, **write)
 
@@ -130,7 +132,7 @@ def transfer(
     name_map: dict[str, str] | None = None, strict: bool = False, skip_optimizer: bool = False,
     old_step_counters: bool = False, dry_run: bool = False, memory_budget: int | str = DEFAULT_MEMORY_BUDGET, workers: int = 1, force: bool = False,
     verify: bool = False, fsync: bool = True, progress: bool | None = None,
-    crc_check: bool = True, byte_path: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None, cluster: str | None = None, scheduler: str | None = None,
 ):
     """Give the new model OLD's values where names, shapes and dtypes match.
 
@@ -160,7 +162,8 @@ def transfer(
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress, crc_check=crc_check, byte_path=byte_path)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                 scheduler=scheduler)
     check_write_options(write)
     for flag, value in (("strict", strict), ("skip_optimizer", skip_optimizer), ("dry_run", dry_run)):
         if not isinstance(value, bool):
@@ -251,6 +254,7 @@ def run_recipe(
     path: str | os.PathLike, *, dry_run: bool = False, memory_budget: int | str | None = None,
     workers: int | None = None, force: bool | None = None, verify: bool | None = None, fsync: bool | None = None,
     progress: bool | None = None, crc_check: bool | None = None, byte_path: bool | None = None,
+    cluster: str | None = None, scheduler: str | None = None,
 ):
     """Run a YAML recipe.
 
@@ -272,7 +276,7 @@ def run_recipe(
     from .recipe import parse_recipe
 
     given = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 crc_check=crc_check, byte_path=byte_path, progress=progress)
+                 crc_check=crc_check, byte_path=byte_path, progress=progress, cluster=cluster, scheduler=scheduler)
     call = parse_recipe(path, dry_run=dry_run, overrides={k: v for k, v in given.items() if v is not None})
     command = {"edit": edit, "transfer": transfer, "average": average, "merge": merge}[call.command]
     outcome = command(*call.args, dry_run=dry_run, **call.kwargs)
@@ -303,6 +307,8 @@ def average(
     progress: bool | None = None,
     crc_check: bool = True,
     byte_path: bool | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Average ``checkpoints`` into ``out``, streaming (see :func:`ckptsurgery.plan.average.plan_average`).
 
@@ -332,7 +338,8 @@ def average(
     """
     options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
                                        fsync=fsync, progress=progress,
-                                       crc_check=crc_check, byte_path=byte_path))
+                                       crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                                       scheduler=scheduler))
     plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
                         keep_optimizer=keep_optimizer, intersection=intersection)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
@@ -358,6 +365,8 @@ def merge(
     progress: bool | None = None,
     crc_check: bool = True,
     byte_path: bool | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Merge parts of several ``sources`` into ``out`` (see :func:`ckptsurgery.plan.merge.plan_merge`).
 
@@ -390,7 +399,8 @@ def merge(
     """
     options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
                                        fsync=fsync, progress=progress,
-                                       crc_check=crc_check, byte_path=byte_path))
+                                       crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                                       scheduler=scheduler))
     plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
                       graph_from=graph_from)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)

@@ -45,6 +45,8 @@ class WriteOptions:
     allow_nonfinite: bool = True
     crc_check: bool = True  # check the CRC32C of every byte copied (see bytecopy)
     byte_path: bool | None = None  # None: unless CKPTSURGERY_BYTE_PATH=0; False: decode all through TF
+    cluster: str | None = None  # "local[:N]": the groups run as tasks on an embedded Dask cluster (execute/cluster.py)
+    scheduler: str | None = None  # a running Dask scheduler's address ("": $DASK_SCHEDULER_ADDRESS)
 
 
 @dataclass
@@ -224,12 +226,18 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
         if options.verify:
             verify_values(plan, merged_prefix)
 
+    from .cluster import wanted as cluster_wanted
+    clustered = cluster_wanted(options.cluster, options.scheduler)
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
-                         force=options.force, own_index=byte_path, crc_check=options.crc_check) as writer:
+                         force=options.force, own_index=byte_path or clustered, crc_check=options.crc_check) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
+            if clustered:  # each batch runs as a task on a Dask cluster; the groups come back as manifests
+                from .cluster import run_on_cluster
+                run_on_cluster(plan, all_batches, writer, options, bar.update)
+                all_batches = []
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
