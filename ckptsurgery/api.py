@@ -181,7 +181,8 @@ def transfer(
     return write_or_plan(plan, dst, dry_run, **write), report
 
 
-def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, progress: bool | None = False):
+def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, progress: bool | None = False,
+         cluster: str | None = None, scheduler: str | None = None):
     """Compare two checkpoints tensor by tensor.
 
     Args:
@@ -189,6 +190,7 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, pr
         atol: values within ``atol`` count as equal (0: bit-exact).
         values: also compare values (False: names, dtypes and shapes only; no data read).
         progress: a bar on stderr (None: only when stderr is a terminal).
+        cluster, scheduler: compare the values by groups as Dask tasks (see :mod:`ckptsurgery.execute.cluster`).
 
     Returns:
         A :class:`ckptsurgery.report.diff.DiffReport` (``.identical``, ``.render()``, ``.to_json()``).
@@ -198,11 +200,13 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, pr
     """
     from .report.diff import diff as _diff
 
-    return _diff(a, b, atol=atol, values=values, progress=progress)
+    _check_cluster(cluster, scheduler)
+    return _diff(a, b, atol=atol, values=values, progress=progress, cluster=cluster, scheduler=scheduler)
 
 
 def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | None = False,
-           on_tensor: Callable[[TensorCheck], None] | None = None) -> VerifyReport:
+           on_tensor: Callable[[TensorCheck], None] | None = None, cluster: str | None = None,
+           scheduler: str | None = None) -> VerifyReport:
     """Validate ``path``'s index and read every tensor (each CRC32C is checked).
 
     Args:
@@ -210,6 +214,7 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
         against: also compare names, dtypes, shapes and values (bit-exact, NaN-aware) with this one.
         progress: a bar on stderr (None: only when stderr is a terminal).
         on_tensor: called with each tensor's :class:`TensorCheck` as it is checked.
+        cluster, scheduler: check the tensors by groups as Dask tasks (see :mod:`ckptsurgery.execute.cluster`).
 
     Returns:
         A :class:`VerifyReport` (``.ok``, ``.render()``, ``.to_json()``, ``.exit_code``); a tensor
@@ -218,6 +223,7 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
     Raises:
         BadCheckpointError: the index or the layout of the data shards is broken.
     """
+    _check_cluster(cluster, scheduler)
     ckpt = open_checkpoint(path)
     with progress_bar(ckpt.total_bytes, progress, "verifying") as bar:
         def checked(check: TensorCheck) -> None:
@@ -225,7 +231,15 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
             if on_tensor is not None:
                 on_tensor(check)
 
-        return _verify(ckpt, against=against, on_tensor=checked)
+        return _verify(ckpt, against=against, on_tensor=checked, cluster=cluster, scheduler=scheduler)
+
+
+def _check_cluster(cluster: str | None, scheduler: str | None) -> None:
+    """verify/diff take the write options' ``cluster`` and ``scheduler``, checked the same way."""
+    check_write_options(dict(cluster=cluster, scheduler=scheduler))
+    from .execute.cluster import wanted
+
+    wanted(cluster, scheduler)
 
 
 def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[CleanAction]:

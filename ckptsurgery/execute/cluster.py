@@ -30,7 +30,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..errors import CkptSurgeryError, OutputError, UsageError
-from .tasks import GroupManifest, GroupTask, make_tasks, run_group_task
+from .tasks import GroupManifest, make_tasks, run_group_task
 
 if TYPE_CHECKING:
     from ..io.shard_writer import ShardWriter
@@ -53,7 +53,10 @@ def wanted(cluster: str | None, scheduler: str | None) -> bool:
     """Whether the options ask for a cluster at all (no flag: the single-process path)."""
     if cluster is not None and scheduler is not None:
         raise UsageError("--cluster and --scheduler are exclusive: start a local cluster, or use a running one")
-    return cluster is not None or scheduler is not None
+    if cluster is None and scheduler is None:
+        return False
+    _import_distributed()  # fail before anything is written when the extra is missing
+    return True
 
 
 def _import_distributed():
@@ -89,11 +92,11 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
-def gather_in_order(client: Any, function: Callable, items: Sequence[Any], weight: Callable[[Any], int],
-                    on_done: Callable[[int], None], what: str) -> list[Any]:
+def gather_in_order(client: Any, function: Callable, items: Sequence[Any], on_done: Callable[[Any, Any], None],
+                    what: str) -> list[Any]:
     """Run ``function`` on every item as Dask tasks; results in ``items``' order.
 
-    ``on_done(weight(item))`` is called as each completes (the progress bar).
+    ``on_done(item, result)`` is called as each completes (the progress bar).
     The first failure cancels the rest and is raised as one line: the task's
     own :class:`CkptSurgeryError`, or an :class:`OutputError` for a task whose
     workers kept dying.
@@ -106,7 +109,7 @@ def gather_in_order(client: Any, function: Callable, items: Sequence[Any], weigh
         for future in distributed.as_completed(futures):
             i = number[future.key]
             results[i] = future.result()
-            on_done(weight(items[i]))
+            on_done(items[i], results[i])
     except CkptSurgeryError:
         client.cancel(futures)
         raise
@@ -131,14 +134,10 @@ def run_on_cluster(plan: "Plan", batches: list[list["OutputEntry"]], writer: "Sh
     if not tasks:
         return
     with connect(options.cluster, options.scheduler) as client:
-        manifests: list[GroupManifest] = gather_in_order(client, run_group_task, tasks, _task_bytes, on_written,
-                                                         writer.dest_prefix)
+        manifests: list[GroupManifest] = gather_in_order(
+            client, run_group_task, tasks, lambda task, _: on_written(task.nbytes_out), writer.dest_prefix)
     for manifest in manifests:  # plan order, whatever order they completed in: the same index every run
         writer.adopt_groups(manifest.groups, manifest.metadata)
-
-
-def _task_bytes(task: GroupTask) -> int:
-    return task.nbytes_out
 
 
 # -- verify and diff: per-tensor comparisons distributed by group ---------------------------------
@@ -157,7 +156,8 @@ def name_groups(sizes: Sequence[tuple[str, int]], budget: int) -> list[list[str]
 
 
 def map_groups(cluster: str | None, scheduler: str | None, function: Callable, groups: list[Any],
-               weight: Callable[[Any], int], on_done: Callable[[int], None], what: str) -> list[Any]:
-    """``[function(g) for g in groups]``, each call a Dask task (for ``verify`` and ``diff``)."""
+               on_done: Callable[[Any, Any], None], what: str) -> list[Any]:
+    """``[function(g) for g in groups]``, each call a Dask task (for ``verify`` and ``diff``);
+    ``on_done(group, result)`` as each completes."""
     with connect(cluster, scheduler) as client:
-        return gather_in_order(client, function, groups, weight, on_done, what)
+        return gather_in_order(client, function, groups, on_done, what)
