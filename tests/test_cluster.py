@@ -184,13 +184,17 @@ def test_cluster_option_is_checked_before_anything_runs(tf1_runs, tmp_path):
 
 
 # -- workers killed mid-task ---------------------------------------------------------------------
+def _set_fault(point: str) -> None:
+    os.environ["CKPTSURGERY_FAULT"] = point  # in the worker process it runs in (not a pickled copy of environ)
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_task_is_replaced_and_the_result_is_exact(tf1_runs, tmp_path, scheduler):
     with distributed.Client(scheduler) as client:
         pids = client.run(os.getpid)
         # Both current worker processes die (SIGKILL, by their own pid) at their first saved group;
         # the nanny starts fresh ones without the variable, and Dask reruns the lost tasks there.
-        client.run(os.environ.__setitem__, "CKPTSURGERY_FAULT", "group-saved")
+        client.run(_set_fault, "group-saved")
         result = cs.average(tf1_runs, str(tmp_path / "c" / "model.ckpt"), memory_budget=BUDGET, progress=False,
                             scheduler=scheduler)
         client.wait_for_workers(2, timeout=60)
