@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import (BadCheckpointError, CkptSurgeryError, NonFiniteError, OutputError, PlanError, RuleError,
                      UsageError)
-from .execute.executor import WriteOptions, WriteResult, write_or_plan
+from .execute.cluster import write_or_plan  # the executor's, with the batches on a Dask cluster when asked
+from .execute.executor import WriteOptions, WriteResult
 from .io.publish.clean import CleanAction
 from .io.publish.clean import clean as _clean
 from .io.publish.clean import clean_actions as _clean_actions

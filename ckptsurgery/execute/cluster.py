@@ -30,6 +30,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..errors import CkptSurgeryError, OutputError, UsageError
+from . import executor
 from .tasks import GroupManifest, make_tasks, run_group_task
 
 if TYPE_CHECKING:
@@ -121,6 +122,13 @@ def gather_in_order(client: Any, function: Callable, items: Sequence[Any], on_do
         client.cancel(futures)
         raise
     return results
+
+
+def write_or_plan(plan: "Plan", dest: str | os.PathLike, dry_run: bool, **options: Any):
+    """:func:`ckptsurgery.execute.executor.write_or_plan`, with the batches on the cluster that the
+    ``cluster`` / ``scheduler`` options name (none: the single-process path, unchanged)."""
+    clustered = not dry_run and wanted(options.get("cluster"), options.get("scheduler"))
+    return executor.write_or_plan(plan, dest, dry_run, run_batches=run_on_cluster if clustered else None, **options)
 
 
 def run_on_cluster(plan: "Plan", batches: list[list["OutputEntry"]], writer: "ShardWriter", options: Any,
