@@ -217,3 +217,18 @@ def test_workers_killed_on_every_attempt_fail_the_run_and_publish_nothing(tf1_ru
     assert "\n" not in str(exc.value)
     cs.clean(dest.parent)
     assert list(dest.parent.iterdir()) == []  # no checkpoint, no staging, no attempt left
+
+
+@pytest.mark.slow
+def test_the_coordinator_killed_before_the_merge_leaves_no_checkpoint_and_clean_removes_every_attempt(tf1_runs,
+                                                                                                     tmp_path):
+    dest = tmp_path / "out" / "model.ckpt"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), CKPTSURGERY_FAULT="before-merge")
+    done = subprocess.run([sys.executable, "-m", "ckptsurgery", "copy", tf1_runs[0], str(dest), "--cluster", "local:2",
+                           "--memory-budget", BUDGET], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == -9, done.stderr  # killed by its own fault point, after every task finished
+    staging = [p for p in dest.parent.iterdir() if p.name.startswith(".ckptsurgery-staging-")]
+    assert len(staging) == 1 and any(p.name.startswith("task-") for p in staging[0].iterdir())
+    assert not list(dest.parent.glob("model.ckpt.index")) + list(dest.parent.glob("model.ckpt.data-*"))  # unpublished
+    cs.clean(dest.parent)
+    assert list(dest.parent.iterdir()) == []
