@@ -107,9 +107,6 @@ class BadCheckpointError(CkptSurgeryError):
             where += f" [tensor {tensor!r}]"
         super().__init__(f"{where}: {message}")
 
-    def __reduce__(self):  # picklable whole, so a Dask worker's error reaches the coordinator as raised
-        return (type(self), (self.path, self.detail, self.tensor))
-
 
 class OutputError(CkptSurgeryError):
     """The destination cannot be written: exists, is an input, disk full."""

@@ -29,7 +29,7 @@ from ckptsurgery.merge_methods import apply_method, derive_seed  # noqa: E402
 from ckptsurgery.plan.merge import MethodRule, Take  # noqa: E402
 from ckptsurgery.plan.entries import plan_edit  # noqa: E402
 from conftest import ROOT, run_cli  # noqa: E402
-from helpers import tf_values  # noqa: E402
+from helpers import copy_files, flip_in, tf_values  # noqa: E402
 from models import TinyModel, restore_tf1, write_tf1_checkpoint  # noqa: E402
 
 KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -140,6 +140,16 @@ def test_verify_and_diff_on_a_cluster_agree_with_one_process(tf1_runs, tmp_path,
     assert [t.to_json() for t in clustered.tensors] == [t.to_json() for t in single.tensors]
     assert clustered.differences and not clustered.bad
     assert cs.diff(a, b, scheduler=scheduler).to_json() == cs.diff(a, b).to_json()
+
+
+def test_a_corrupt_input_read_on_a_worker_fails_with_its_own_one_line_error(tf1_runs, tmp_path, scheduler):
+    src = copy_files(tf1_runs[0], tmp_path / "src")
+    flip_in(src, "encoder/dense/kernel")
+    dest = tmp_path / "out" / "model.ckpt"
+    with pytest.raises(cs.BadCheckpointError, match="encoder/dense/kernel.*CRC32C") as exc:
+        cs.copy(src, str(dest), memory_budget=BUDGET, progress=False, scheduler=scheduler)
+    assert exc.value.tensor == "encoder/dense/kernel" and "\n" not in str(exc.value)
+    assert list(dest.parent.iterdir()) == []  # nothing published, staging and every attempt removed
 
 
 def test_a_worker_that_cannot_see_the_staging_folder_fails_in_one_line(tf1_runs, tmp_path, scheduler):

@@ -23,6 +23,7 @@ Dask is an optional extra (``pip install 'ckptsurgery[dask]'``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -78,7 +79,8 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
         n = local_workers(cluster)
         with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                       silence_logs=logging.ERROR) as local, distributed.Client(local) as client:
-            print(f"ckptsurgery: local Dask cluster of {n} worker processes; dashboard {local.dashboard_link}",
+            pages = "" if importlib.util.find_spec("bokeh") else " (its status pages need: pip install bokeh)"
+            print(f"ckptsurgery: local Dask cluster of {n} worker processes; dashboard {local.dashboard_link}{pages}",
                   file=sys.stderr, flush=True)
             yield client
         return
