@@ -80,8 +80,8 @@ def copy(
         src: the checkpoint to copy (prefix, folder, state file, any of its files, or a Checkpoint).
         dst: destination prefix; an existing folder or a path ending in ``/`` gets SRC's base name.
         dry_run: return the :class:`Plan` without reading tensor data or writing anything.
-        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path, cluster, scheduler: the write options
-            (see :data:`ckptsurgery.options.WRITE_OPTIONS`), the same names as the
+        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path, cluster, scheduler: the
+            write options (see :data:`ckptsurgery.options.WRITE_OPTIONS`), the same names as the
             ``--memory-budget``... flags and a recipe's ``options:``.
 
     Returns:

@@ -176,7 +176,8 @@ def test_without_distributed_the_cluster_flags_fail_in_one_line(tf1_runs, tmp_pa
     (shadow / "__init__.py").write_text("raise ImportError('No module named distributed')\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{shadow.parent}{os.pathsep}{ROOT}")
     out = tmp_path / "out" / "model.ckpt"
-    for flags in (["copy", tf1_runs[0], str(out), "--cluster", "local:2"], ["verify", tf1_runs[0], "--scheduler", "x:1"]):
+    for flags in (["copy", tf1_runs[0], str(out), "--cluster", "local:2"],
+                  ["verify", tf1_runs[0], "--scheduler", "x:1"]):
         done = subprocess.run([sys.executable, "-m", "ckptsurgery", *flags], capture_output=True, text=True, env=env,
                               timeout=120)
         assert done.returncode == 2, done.stderr

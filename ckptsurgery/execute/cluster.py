@@ -47,7 +47,8 @@ def local_workers(spec: str) -> int:
     """Worker processes of ``local[:N]``: N, else one per core."""
     match = _LOCAL.fullmatch(spec)
     if match is None:
-        raise UsageError(f"--cluster {spec!r}: expected local or local:N (use --scheduler ADDRESS for a running cluster)")
+        raise UsageError(f"--cluster {spec!r}: expected local or local:N "
+                         "(use --scheduler ADDRESS for a running cluster)")
     return int(match.group(1)) if match.group(1) else (os.cpu_count() or 1)
 
 
@@ -65,7 +66,8 @@ def _import_distributed():
     try:
         import distributed
     except ImportError:
-        raise UsageError(f"--cluster/--scheduler need Dask distributed, which is not installed: {INSTALL_HINT}") from None
+        raise UsageError("--cluster/--scheduler need Dask distributed, which is not installed: "
+                         f"{INSTALL_HINT}") from None
     return distributed
 
 
@@ -90,7 +92,8 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
     try:
         client = distributed.Client(address, timeout=30)
     except (OSError, TimeoutError) as exc:
-        raise OutputError(f"{address}: cannot reach the Dask scheduler: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        reason = next(iter(str(exc).splitlines()), "") or type(exc).__name__
+        raise OutputError(f"{address}: cannot reach the Dask scheduler: {reason}") from None
     with client:
         yield client
 

@@ -237,7 +237,8 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
-                         force=options.force, own_index=byte_path or run_batches is not None, crc_check=options.crc_check) as writer:
+                         force=options.force, own_index=byte_path or run_batches is not None,
+                         crc_check=options.crc_check) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
             if run_batches is not None:  # e.g. each batch a task on a Dask cluster; the groups come back as manifests
                 run_batches(plan, all_batches, writer, options, bar.update)
