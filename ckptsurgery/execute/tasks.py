@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError
 from ..io.index import IndexEntry, read_index
@@ -38,6 +38,9 @@ from ..io.reader import Checkpoint, open_checkpoint
 from ..io.shard_writer import ShardWriter
 from ..plan.byte_path import raw_tensor
 from ..plan.entries import OutputEntry, Plan
+
+if TYPE_CHECKING:
+    from ..io.bytecopy import RawTensor
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,10 @@ class TaskWriter(ShardWriter):
         if self._group:
             self.check_staging()
         super().flush()
+
+    def add_raw(self, name: str, raw: "RawTensor") -> None:
+        self.check_staging()  # a stat per tensor; a run that ended meanwhile gets no folders re-created
+        super().add_raw(name, raw)
 
     def manifest(self, number: int) -> GroupManifest:
         """Save what is left and describe every group written (read from the groups' own indexes)."""
