@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import (BadCheckpointError, CkptSurgeryError, NonFiniteError, OutputError, PlanError, RuleError,
                      UsageError)
-from .execute.executor import WriteOptions, WriteResult, write_or_plan
+from .execute.cluster import write_or_plan  # the executor's, with the batches on a Dask cluster when asked
+from .execute.executor import WriteOptions, WriteResult
 from .io.publish.clean import CleanAction
 from .io.publish.clean import clean as _clean
 from .io.publish.clean import clean_actions as _clean_actions
@@ -71,7 +72,7 @@ def inspect(path: PathLike) -> dict:
 def copy(
     src: PathLike, dst: str | os.PathLike, *, dry_run: bool = False, memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     workers: int = 1, force: bool = False, verify: bool = False, fsync: bool = True, progress: bool | None = None,
-    crc_check: bool = True, byte_path: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None, cluster: str | None = None, scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Rewrite ``src`` at ``dst`` unchanged, in streaming shards.
 
@@ -79,8 +80,8 @@ def copy(
         src: the checkpoint to copy (prefix, folder, state file, any of its files, or a Checkpoint).
         dst: destination prefix; an existing folder or a path ending in ``/`` gets SRC's base name.
         dry_run: return the :class:`Plan` without reading tensor data or writing anything.
-        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path: the write options
-            (see :data:`ckptsurgery.options.WRITE_OPTIONS`), the same names as the
+        memory_budget, workers, force, verify, fsync, progress, crc_check, byte_path, cluster, scheduler: the
+            write options (see :data:`ckptsurgery.options.WRITE_OPTIONS`), the same names as the
             ``--memory-budget``... flags and a recipe's ``options:``.
 
     Returns:
@@ -93,7 +94,8 @@ def copy(
         OutputError: DST exists (without ``force``), is an input, or cannot be written.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress, crc_check=crc_check, byte_path=byte_path)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                 scheduler=scheduler)
     check_write_options(write)
     return write_or_plan(plan_edit(open_checkpoint(src), []), dst, dry_run, **write)
 
@@ -102,7 +104,7 @@ def edit(
     src: PathLike, dst: str | os.PathLike, rules: Sequence[Rule], *, dry_run: bool = False,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET, workers: int = 1, force: bool = False, verify: bool = False,
     fsync: bool = True, progress: bool | None = None,
-    crc_check: bool = True, byte_path: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None, cluster: str | None = None, scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Apply ``rules`` (Rename, Keep, Drop, DropOptimizer, Cast, Resize) in order, in one pass.
 
@@ -120,7 +122,8 @@ def edit(
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress, crc_check=crc_check, byte_path=byte_path)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                 scheduler=scheduler)
     check_write_options(write)
     return write_or_plan(plan_edit(open_checkpoint(src), list(rules)), dst, dry_run, **write)
 
@@ -130,7 +133,7 @@ def transfer(
     name_map: dict[str, str] | None = None, strict: bool = False, skip_optimizer: bool = False,
     old_step_counters: bool = False, dry_run: bool = False, memory_budget: int | str = DEFAULT_MEMORY_BUDGET, workers: int = 1, force: bool = False,
     verify: bool = False, fsync: bool = True, progress: bool | None = None,
-    crc_check: bool = True, byte_path: bool | None = None,
+    crc_check: bool = True, byte_path: bool | None = None, cluster: str | None = None, scheduler: str | None = None,
 ):
     """Give the new model OLD's values where names, shapes and dtypes match.
 
@@ -160,7 +163,8 @@ def transfer(
         BadCheckpointError, OutputError: as for :func:`copy`.
     """
     write = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 progress=progress, crc_check=crc_check, byte_path=byte_path)
+                 progress=progress, crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                 scheduler=scheduler)
     check_write_options(write)
     for flag, value in (("strict", strict), ("skip_optimizer", skip_optimizer), ("dry_run", dry_run)):
         if not isinstance(value, bool):
@@ -178,7 +182,8 @@ def transfer(
     return write_or_plan(plan, dst, dry_run, **write), report
 
 
-def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, progress: bool | None = False):
+def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, progress: bool | None = False,
+         cluster: str | None = None, scheduler: str | None = None):
     """Compare two checkpoints tensor by tensor.
 
     Args:
@@ -186,6 +191,7 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, pr
         atol: values within ``atol`` count as equal (0: bit-exact).
         values: also compare values (False: names, dtypes and shapes only; no data read).
         progress: a bar on stderr (None: only when stderr is a terminal).
+        cluster, scheduler: compare the values by groups as Dask tasks (see :mod:`ckptsurgery.execute.cluster`).
 
     Returns:
         A :class:`ckptsurgery.report.diff.DiffReport` (``.identical``, ``.render()``, ``.to_json()``).
@@ -195,11 +201,13 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, pr
     """
     from .report.diff import diff as _diff
 
-    return _diff(a, b, atol=atol, values=values, progress=progress)
+    _check_cluster(cluster, scheduler)
+    return _diff(a, b, atol=atol, values=values, progress=progress, cluster=cluster, scheduler=scheduler)
 
 
 def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | None = False,
-           on_tensor: Callable[[TensorCheck], None] | None = None) -> VerifyReport:
+           on_tensor: Callable[[TensorCheck], None] | None = None, cluster: str | None = None,
+           scheduler: str | None = None) -> VerifyReport:
     """Validate ``path``'s index and read every tensor (each CRC32C is checked).
 
     Args:
@@ -207,6 +215,7 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
         against: also compare names, dtypes, shapes and values (bit-exact, NaN-aware) with this one.
         progress: a bar on stderr (None: only when stderr is a terminal).
         on_tensor: called with each tensor's :class:`TensorCheck` as it is checked.
+        cluster, scheduler: check the tensors by groups as Dask tasks (see :mod:`ckptsurgery.execute.cluster`).
 
     Returns:
         A :class:`VerifyReport` (``.ok``, ``.render()``, ``.to_json()``, ``.exit_code``); a tensor
@@ -215,6 +224,7 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
     Raises:
         BadCheckpointError: the index or the layout of the data shards is broken.
     """
+    _check_cluster(cluster, scheduler)
     ckpt = open_checkpoint(path)
     with progress_bar(ckpt.total_bytes, progress, "verifying") as bar:
         def checked(check: TensorCheck) -> None:
@@ -222,7 +232,15 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
             if on_tensor is not None:
                 on_tensor(check)
 
-        return _verify(ckpt, against=against, on_tensor=checked)
+        return _verify(ckpt, against=against, on_tensor=checked, cluster=cluster, scheduler=scheduler)
+
+
+def _check_cluster(cluster: str | None, scheduler: str | None) -> None:
+    """verify/diff take the write options' ``cluster`` and ``scheduler``, checked the same way."""
+    check_write_options(dict(cluster=cluster, scheduler=scheduler))
+    from .execute.cluster import wanted
+
+    wanted(cluster, scheduler)
 
 
 def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[CleanAction]:
@@ -251,6 +269,7 @@ def run_recipe(
     path: str | os.PathLike, *, dry_run: bool = False, memory_budget: int | str | None = None,
     workers: int | None = None, force: bool | None = None, verify: bool | None = None, fsync: bool | None = None,
     progress: bool | None = None, crc_check: bool | None = None, byte_path: bool | None = None,
+    cluster: str | None = None, scheduler: str | None = None,
 ):
     """Run a YAML recipe.
 
@@ -272,7 +291,7 @@ def run_recipe(
     from .recipe import parse_recipe
 
     given = dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify, fsync=fsync,
-                 crc_check=crc_check, byte_path=byte_path, progress=progress)
+                 crc_check=crc_check, byte_path=byte_path, progress=progress, cluster=cluster, scheduler=scheduler)
     call = parse_recipe(path, dry_run=dry_run, overrides={k: v for k, v in given.items() if v is not None})
     command = {"edit": edit, "transfer": transfer, "average": average, "merge": merge}[call.command]
     outcome = command(*call.args, dry_run=dry_run, **call.kwargs)
@@ -303,6 +322,8 @@ def average(
     progress: bool | None = None,
     crc_check: bool = True,
     byte_path: bool | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Average ``checkpoints`` into ``out``, streaming (see :func:`ckptsurgery.plan.average.plan_average`).
 
@@ -332,7 +353,8 @@ def average(
     """
     options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
                                        fsync=fsync, progress=progress,
-                                       crc_check=crc_check, byte_path=byte_path))
+                                       crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                                       scheduler=scheduler))
     plan = plan_average(checkpoints, weights=weights, ema=ema, int_policy=int_policy,
                         keep_optimizer=keep_optimizer, intersection=intersection)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)
@@ -358,6 +380,8 @@ def merge(
     progress: bool | None = None,
     crc_check: bool = True,
     byte_path: bool | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> WriteResult | Plan:
     """Merge parts of several ``sources`` into ``out`` (see :func:`ckptsurgery.plan.merge.plan_merge`).
 
@@ -390,7 +414,8 @@ def merge(
     """
     options = check_write_options(dict(memory_budget=memory_budget, workers=workers, force=force, verify=verify,
                                        fsync=fsync, progress=progress,
-                                       crc_check=crc_check, byte_path=byte_path))
+                                       crc_check=crc_check, byte_path=byte_path, cluster=cluster,
+                                       scheduler=scheduler))
     plan = plan_merge(sources, takes, methods=methods, base=base, seed=seed, keep_optimizer=keep_optimizer,
                       graph_from=graph_from)
     return write_or_plan(plan, out, dry_run, allow_nonfinite=allow_nonfinite, **options)

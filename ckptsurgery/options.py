@@ -44,6 +44,13 @@ def _size(value: Any) -> bool:
     return False
 
 
+def _cluster_spec(value: Any) -> bool:
+    # ``local`` or ``local:N``; a running cluster is named by ``scheduler`` instead.
+    import re
+
+    return value is None or (isinstance(value, str) and re.fullmatch(r"local(:[1-9][0-9]*)?", value) is not None)
+
+
 #: Each worker holds a budget-sized group in flight, so the count bounds memory too.
 MAX_WORKERS = 64
 
@@ -79,6 +86,11 @@ WRITE_OPTIONS: dict[str, WriteOption] = {o.name: o for o in (
     WriteOption("byte_path", "true, false or null (on unless CKPTSURGERY_BYTE_PATH=0)",
                 lambda v: v is None or isinstance(v, bool), None,
                 "copy unchanged tensors as bytes; false decodes every tensor through TensorFlow"),
+    WriteOption("cluster", "null, local or local:N (N worker processes)", _cluster_spec, None,
+                "run the shard groups as tasks on an embedded Dask cluster (needs ckptsurgery[dask])"),
+    WriteOption("scheduler", "null or a Dask scheduler address (empty: $DASK_SCHEDULER_ADDRESS)",
+                lambda v: v is None or isinstance(v, str), None,
+                "run the shard groups as tasks on a running Dask cluster (needs ckptsurgery[dask])"),
 )}
 
 

@@ -50,6 +50,7 @@ ROWS = {
     "average": "ckptsurgery average of 8 BERT-base checkpoints vs the tensor2tensor recipe, 2 vs 16 inputs",
     "many-inspect": "ckptsurgery inspect of a checkpoint of 200k scalar tensors (--many N)",
     "many-copy": "ckptsurgery copy of the same 200k-scalar checkpoint",
+    "cluster": "ckptsurgery average of 8 BERT-base: one process vs --cluster local:2 (coordinator's own peak RSS)",
 }
 MANY_ROWS = ("many-inspect", "many-copy")
 DEFAULT_ROWS = ["cp", "cp-sync", "copy", "copy-nofsync", "copy-w2", "load-copy", "edit", "load-edit", "graph-edit",
@@ -666,7 +667,7 @@ def main(argv=None) -> int:
 
     results["bare"] = runner.measure("bare", "python -c 'import tensorflow'", [sys.executable, __file__, "_bare_tf"])
 
-    main_rows = [r for r in args.rows if r not in ("scale4", "average", *MANY_ROWS)]
+    main_rows = [r for r in args.rows if r not in ("scale4", "average", "cluster", *MANY_ROWS)]
     src = None
     folder = data / f"bert-L{layers}-H{args.hidden}-adam"
     if main_rows or "scale4" in args.rows:
@@ -763,6 +764,9 @@ def main(argv=None) -> int:
                          "rows skipped.")
         else:
             run_average(args, runner, results, ratios, notes, generated, available, log)
+
+    if "cluster" in args.rows:
+        run_cluster(args, runner, results, ratios, notes, generated, log)
 
     # -- ratios and targets ------------------------------------------------------
     def ok(key):
@@ -907,6 +911,41 @@ def run_average(args, runner, results, ratios, notes, generated, available, log)
                                       repeat=args.repeat)
     if results["average-2"].ok and results["average-16"].ok:
         ratios["average-16"] = f"RSS {results['average-16'].rss / results['average-2'].rss:.2f}× 2 inputs"
+
+
+def run_cluster(args, runner, results, ratios, notes, generated, log) -> None:
+    """Average 8 x BERT-base in one process and on an embedded 2-process Dask cluster, side by side.
+
+    The command runs through a wrapper that prints the coordinator's own peak RSS (RUSAGE_SELF): the
+    time wrapper's figure would include the worker processes it started.
+    """
+    data, out = BENCH / "data", BENCH / "out"
+    log("BERT-base checkpoints for averaging (cluster row):")
+    prefixes = []
+    for i in range(8):
+        folder = data / f"avg-base-{i}"
+        prefixes.append(ensure_checkpoint(folder, bert_spec(12, 768, adam=False, seed=100 + i, step=1000 * (i + 1)),
+                                          log))
+        generated.append(folder)
+    size = bert_spec(12, 768, adam=False)["nbytes"]
+    wrapper = ("import resource, sys; from ckptsurgery.cli import main; rc = main(sys.argv[1:]); "
+               "print('coordinator-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+               "sys.exit(rc)")
+    own = {}
+    for key, extra, label in (("cluster-1", [], "one process"), ("cluster-local2", ["--cluster", "local:2"],
+                                                                  "--cluster local:2 (2 worker processes)")):
+        dst = out / key / "model.ckpt"
+        results[key] = runner.measure(
+            key, f"`ckptsurgery average` of 8 × BERT-base ({size / GB:.2f} GB each), {label}",
+            [sys.executable, "-c", wrapper, "average", *prefixes, "--out", str(dst), "--no-progress", *extra],
+            cleanup=[out / key], verify=["average", str(dst), *prefixes], repeat=args.repeat)
+        found = re.findall(r"coordinator-rss-kb (\d+)", (BENCH / "logs" / f"{key}.log").read_text())
+        own[key] = int(found[-1]) * 1024 if found else None
+    if all(results[k].ok for k in own):
+        ratios["cluster-local2"] = f"{results['cluster-local2'].wall / results['cluster-1'].wall:.2f}× one process"
+    notes.append("cluster: coordinator's own peak RSS (RUSAGE_SELF) " + ", ".join(
+        f"{k} {v / MB:,.0f} MB" if v else f"{k} ?" for k, v in own.items())
+        + "; the peak RSS column of cluster-local2 is the largest process (a worker), not the sum.")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from .. import api
 from ..errors import (EXIT_DIFFERENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE,
                      CkptSurgeryError, error_line, print_error)
 from ..plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
-from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_write_options, emit_write, write_options
+from .common import (CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_cluster_options, add_write_options, emit_write,
+                     write_options)
 
 
 class _RuleAction(argparse.Action):
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=0.0, help="treat values within ATOL as equal (default: bit-exact)")
     p.add_argument("--names-only", action="store_true", help="compare names, dtypes and shapes; read no data")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_cluster_options(p)
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("run", help="run a YAML recipe (edit, transfer, average or merge)", formatter_class=Formatter,
@@ -256,7 +258,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    report = api.diff(args.a, args.b, atol=args.atol, values=not args.names_only, progress=None)
+    report = api.diff(args.a, args.b, atol=args.atol, values=not args.names_only, progress=None,
+                      cluster=args.cluster, scheduler=args.scheduler)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return EXIT_OK if report.identical else EXIT_DIFFERENT
 

@@ -51,6 +51,7 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                         "--no-byte-path (or --tf-path) decodes every tensor through TensorFlow")
     g.add_argument("--tf-path", dest="byte_path", action="store_const", const=False, default=default(None),
                    help=argparse.SUPPRESS)  # the name the byte-path docs use; same as --no-byte-path
+    add_cluster_options(g, default(None))
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=default(None),
                    help="no progress bar (default: a bar when stderr is a terminal)")
     g.add_argument("--dry-run", action="store_true", help="print the plan with byte totals; read no tensor data, write nothing")
@@ -59,7 +60,17 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="list each dropped tensor's name (the summary line counts them by kind)")
 
 
-WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "fsync", "progress", "crc_check", "byte_path")
+def add_cluster_options(g, default=None) -> None:
+    """``--cluster local[:N]`` / ``--scheduler [ADDRESS]``: run the work as Dask tasks (execute/cluster.py)."""
+    g.add_argument("--cluster", metavar="local[:N]", default=default,
+                   help="run the work as tasks on an embedded Dask cluster of N worker processes (default: one per "
+                        "core); the destination must be on storage every worker reaches; needs ckptsurgery[dask]")
+    g.add_argument("--scheduler", metavar="ADDRESS", nargs="?", const="", default=default,
+                   help="run the work on a running Dask cluster (no ADDRESS: $DASK_SCHEDULER_ADDRESS)")
+
+
+WRITE_OPTIONS = ("memory_budget", "workers", "force", "verify", "fsync", "progress", "crc_check", "byte_path",
+                 "cluster", "scheduler")
 
 
 def write_options(args: argparse.Namespace) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter
+from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_cluster_options
 from ..text.display import display_text
 from ..errors import EXIT_IO, EXIT_OK, print_error
 
@@ -28,6 +28,7 @@ def add_commands(sub) -> None:
     p.add_argument("--against", metavar="OTHER", help="also compare every tensor with this checkpoint")
     p.add_argument("--json", action="store_true",
                    help='print {"ok", "bad": [names], "differences": [names], "tensors": [{"name", "status", ...}]}')
+    add_cluster_options(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -48,7 +49,8 @@ def add_commands(sub) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .. import api
 
-    report = api.verify(args.checkpoint, against=args.against, progress=None)
+    report = api.verify(args.checkpoint, against=args.against, progress=None, cluster=args.cluster,
+                        scheduler=args.scheduler)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     error = report.error_line()
     if error is not None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..text.progress import progress_bar
 from ..dtypes import FLOATING, dtype_name_of_array, numpy_dtype
-from ..errors import BadCheckpointError, NonFiniteError, OutputError, PlanError
+from ..errors import BadCheckpointError, NonFiniteError, OutputError, PlanError, UsageError
 from ..plan.objectgraph import checked_object_graph, rewrite_object_graph
 from ..options import check_write_options
 from ..plan.entries import OutputEntry, Plan, TensorRef
@@ -46,6 +46,8 @@ class WriteOptions:
     allow_nonfinite: bool = True
     crc_check: bool = True  # check the CRC32C of every byte copied (see bytecopy)
     byte_path: bool | None = None  # None: unless CKPTSURGERY_BYTE_PATH=0; False: decode all through TF
+    cluster: str | None = None  # "local[:N]": the groups run as tasks on an embedded Dask cluster (execute/cluster.py)
+    scheduler: str | None = None  # a running Dask scheduler's address ("": $DASK_SCHEDULER_ADDRESS)
 
 
 @dataclass
@@ -200,9 +202,16 @@ def _check_finite(entry: OutputEntry, value: Any) -> None:
         raise NonFiniteError(f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
 
 
-def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = None) -> WriteResult:
-    """Write ``plan`` to ``dest``; publish atomically or leave nothing behind."""
+def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = None,
+            run_batches: Callable[..., None] | None = None) -> WriteResult:
+    """Write ``plan`` to ``dest``; publish atomically or leave nothing behind.
+
+    ``run_batches(plan, batches, writer, options, on_written)``: run the batches elsewhere and adopt
+    the groups they wrote into ``writer`` (a Dask cluster: :mod:`ckptsurgery.execute.cluster`).
+    """
     options = options or WriteOptions()
+    if run_batches is None and (options.cluster is not None or options.scheduler is not None):
+        raise UsageError("cluster/scheduler: call ckptsurgery.execute.cluster.write_or_plan (or the API), not execute")
     prefix = resolve_destination(dest, [c.prefix for c in plan.sources.values()], force=options.force)
     byte_path = byte_path_enabled(options.byte_path)
     raw = {e.name: r for e in plan.entries if byte_path and (r := raw_tensor(plan, e)) is not None}
@@ -229,9 +238,13 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
-                         force=options.force, own_index=byte_path, crc_check=options.crc_check) as writer:
+                         force=options.force, own_index=byte_path or run_batches is not None,
+                         crc_check=options.crc_check) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
             readahead.set_limit(2 * writer.budget)  # remote sources: this batch and the next, fetched ahead
+            if run_batches is not None:  # e.g. each batch a task on a Dask cluster; the groups come back as manifests
+                run_batches(plan, all_batches, writer, options, bar.update)
+                all_batches = []
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
@@ -275,7 +288,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
 
 
 def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, *, allow_nonfinite: bool = True,
-                  **options: Any) -> WriteResult | Plan:
+                  run_batches: Callable[..., None] | None = None, **options: Any) -> WriteResult | Plan:
     """What every command's API function ends with: the plan for ``dry_run``, else the written result.
 
     The options are checked by name and type, and the source's object graph is
@@ -288,7 +301,7 @@ def write_or_plan(plan: Plan, dest: str | os.PathLike, dry_run: bool, *, allow_n
             checked_object_graph(plan.sources[plan.object_graph.source],
                                  read_object_graph(plan) if byte_path_enabled(write.byte_path) else None)
         return plan
-    return execute(plan, dest, write)
+    return execute(plan, dest, write, run_batches)
 
 
 def check_written(prefix: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:

@@ -241,6 +241,25 @@ class ShardWriter:
         self._prefixes.append(prefix)
         return prefix
 
+    def adopt_groups(self, groups: list[tuple[str, list[IndexEntry]]], metadata: list[IndexEntry] = ()) -> None:
+        """Take in groups another process wrote inside our staging folder (a cluster task's manifest:
+        each group's prefix, whose data file is ``PREFIX.data-00000-of-00001``, and its index
+        entries); ``finish`` merges them like raw groups, in the order adopted."""
+        raw = self._raw_groups()
+        for prefix, entries in groups:
+            self._prefixes.append(prefix)
+            number = len(self._prefixes) - 1
+            raw.entries[number] = [replace(e, shard_id=number) for e in entries]
+            self._names.update((e.name, "") for e in entries if not e.is_slice)
+        raw.metadata.extend(metadata)
+        self._names.update((e.name, "") for e in metadata)
+
+    @property
+    def staging_folder(self) -> str:
+        """The run's staging folder (cluster tasks write their groups inside it)."""
+        assert self._staging is not None, "call open() first"
+        return str(self._staging.path)
+
     def flush(self) -> None:
         """Hand the current group to a worker now (the caller's batch ends here).
 

@@ -88,10 +88,21 @@ def _value_diff(name: str, x: np.ndarray, y: np.ndarray, atol: float) -> ValueDi
     return ValueDiff(name, float(delta.max()), float(np.nan_to_num(rel, nan=np.inf).max()), differing, x.size)
 
 
+def diff_group(group: tuple[str, str, tuple[str, ...], float]) -> list[ValueDiff | None]:
+    """Compare the values of a group of names, where a cluster task runs (both sides reopened there)."""
+    a, b, names, atol = group
+    ca, cb = open_checkpoint(a), open_checkpoint(b)
+    return [_value_diff(name, ca.read(name), cb.read(name), atol) for name in names]
+
+
 def diff(
-    a: str | Checkpoint, b: str | Checkpoint, *, atol: float = 0.0, values: bool = True, progress: bool | None = False
+    a: str | Checkpoint, b: str | Checkpoint, *, atol: float = 0.0, values: bool = True, progress: bool | None = False,
+    cluster: str | None = None, scheduler: str | None = None,
 ) -> DiffReport:
     """Compare two checkpoints; ``atol`` tolerates small value differences.
+
+    ``cluster`` / ``scheduler``: the value comparisons run by groups as Dask
+    tasks (see :mod:`ckptsurgery.execute.cluster`); the report is the same.
 
     >>> report = diff("runs/a/", "runs/b/")   # doctest: +SKIP
     >>> report.identical                       # doctest: +SKIP
@@ -104,9 +115,22 @@ def diff(
     report.only_in_b = sorted(names_b - names_a)
     common = sorted(names_a & names_b)
     bar = progress_bar(sum(ca.info(n).nbytes for n in common) if values else 0, progress, "comparing")
+    remote: dict[str, ValueDiff | None] = {}
+    if values and (cluster is not None or scheduler is not None):
+        from ..execute.cluster import map_groups, name_groups
+        from ..options import DEFAULT_MEMORY_BUDGET
+        from ..text.sizes import parse_size
+
+        same = [(n, ca.info(n).nbytes) for n in common
+                if (ca.info(n).dtype, ca.info(n).shape) == (cb.info(n).dtype, cb.info(n).shape)]
+        groups = [(ca.prefix, cb.prefix, tuple(names), atol)
+                  for names in name_groups(same, parse_size(DEFAULT_MEMORY_BUDGET))]
+        results = map_groups(cluster, scheduler, diff_group, groups,
+                             lambda group, _: bar.update(sum(ca.info(n).nbytes for n in group[2])), ca.prefix)
+        remote = {name: d for group, diffs in zip(groups, results) for name, d in zip(group[2], diffs)}
     for name in common:
         ia, ib = ca.info(name), cb.info(name)
-        bar.update(ia.nbytes if values else 0)
+        bar.update(ia.nbytes if values and name not in remote else 0)
         if (ia.dtype, ia.shape) != (ib.dtype, ib.shape):
             report.dtype_or_shape.append(
                 {"name": name, "a": f"{ia.dtype}{list(ia.shape)}", "b": f"{ib.dtype}{list(ib.shape)}"})
@@ -114,7 +138,7 @@ def diff(
         if not values:
             report.equal += 1
             continue
-        difference = _value_diff(name, ca.read(name), cb.read(name), atol)
+        difference = remote[name] if name in remote else _value_diff(name, ca.read(name), cb.read(name), atol)
         if difference is None:
             report.equal += 1
         else:

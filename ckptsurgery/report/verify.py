@@ -136,6 +136,8 @@ def verify(
     against: str | os.PathLike | Checkpoint | None = None,
     *,
     on_tensor: Callable[[TensorCheck], None] | None = None,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> VerifyReport:
     """Validate ``path``'s index, read every tensor (TF checks each CRC32C).
 
@@ -144,29 +146,33 @@ def verify(
     to read is reported as ``bad`` in the returned :class:`VerifyReport` and
     the others are still checked.  With ``against``, also compare names,
     dtypes, shapes and values (bit-exact, NaN-aware) with that checkpoint.
-    ``on_tensor`` is called after each tensor (for progress).
+    ``on_tensor`` is called after each tensor (for progress).  ``cluster`` /
+    ``scheduler``: the tensors are checked by groups as Dask tasks (see
+    :mod:`ckptsurgery.execute.cluster`); the report is the same.
     """
     ckpt = open_checkpoint(path)
     other = open_checkpoint(against) if against is not None else None
     report = VerifyReport(ckpt.prefix, other.prefix if other is not None else None)
     notify = on_tensor or (lambda check: None)
-    for info in ckpt:
-        check = TensorCheck(info.name, info.dtype, info.shape, info.nbytes)
-        report.tensors.append(check)
-        try:
-            value = ckpt.read(info.name)
-        except BadCheckpointError as exc:
-            if exc.tensor is None:
-                raise  # the checkpoint as a whole cannot be opened
-            check.status, check.detail = BAD, exc.detail
+    if cluster is not None or scheduler is not None:
+        from ..execute.cluster import map_groups, name_groups
+        from ..options import DEFAULT_MEMORY_BUDGET
+        from ..text.sizes import parse_size
+
+        groups = [(ckpt.prefix, other.prefix if other is not None else None, tuple(names))
+                  for names in name_groups([(t.name, t.nbytes) for t in ckpt], parse_size(DEFAULT_MEMORY_BUDGET))]
+
+        def group_done(group: Any, checks: list[TensorCheck]) -> None:
+            for check in checks:  # the bar advances as groups complete
+                notify(check)
+
+        for checks in map_groups(cluster, scheduler, check_group, groups, group_done, ckpt.prefix):
+            report.tensors.extend(checks)
+    else:
+        for info in ckpt:
+            check = check_tensor(ckpt, other, info.name)
+            report.tensors.append(check)
             notify(check)
-            continue
-        if info.name == OBJECT_GRAPH_KEY:
-            _check_object_graph(check, value, ckpt)
-        if other is not None and check.status == OK:
-            _compare(check, value, other)
-        del value
-        notify(check)
     if other is not None:
         for info in other:
             if info.name not in ckpt:
@@ -175,6 +181,32 @@ def verify(
                 report.tensors.append(check)
                 notify(check)
     return report
+
+
+def check_tensor(ckpt: Checkpoint, other: Checkpoint | None, name: str) -> TensorCheck:
+    """Read one tensor (its CRC32C checked), check it, compare it with ``other``'s."""
+    info = ckpt.info(name)
+    check = TensorCheck(info.name, info.dtype, info.shape, info.nbytes)
+    try:
+        value = ckpt.read(info.name)
+    except BadCheckpointError as exc:
+        if exc.tensor is None:
+            raise  # the checkpoint as a whole cannot be opened
+        check.status, check.detail = BAD, exc.detail
+        return check
+    if info.name == OBJECT_GRAPH_KEY:
+        _check_object_graph(check, value, ckpt)
+    if other is not None and check.status == OK:
+        _compare(check, value, other)
+    return check
+
+
+def check_group(group: tuple[str, str | None, tuple[str, ...]]) -> list[TensorCheck]:
+    """:func:`check_tensor` for a group of names, where a cluster task runs (sources reopened there)."""
+    prefix, against, names = group
+    ckpt = open_checkpoint(prefix)
+    other = open_checkpoint(against) if against is not None else None
+    return [check_tensor(ckpt, other, name) for name in names]
 
 
 def _check_object_graph(check: TensorCheck, value: np.ndarray, ckpt: Checkpoint) -> None:

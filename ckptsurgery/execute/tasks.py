@@ -1,0 +1,227 @@
+"""The executor's unit of work as a value: one group task, runnable anywhere that sees the staging folder.
+
+A :class:`GroupTask` is one batch of the plan (output entries whose inputs
+add up to at most the memory budget), the prefixes of the sources it reads,
+the budget and the run's staging folder.  It is a plain picklable value, so
+it runs the same in this process, in a thread, or as a Dask task on another
+machine (:mod:`ckptsurgery.execute.cluster`).
+
+:func:`run_group_task` reopens the sources with :func:`open_checkpoint`,
+computes and copies the entries with the same code as the single-process
+executor (:func:`~ckptsurgery.execute.executor.produce`, the byte path's
+:func:`~ckptsurgery.plan.byte_path.raw_tensor` + bytecopy, ``SaveV2``), and
+writes them into a folder of its own inside the staging folder, named
+per attempt (``task-00007-<uuid>``): a worker killed halfway leaves a
+half-written attempt that never collides with its retry, and that goes
+away with the staging folder.  It returns a :class:`GroupManifest` (each
+written data file with the index entries of what it holds: names, dtypes,
+shapes, sizes, CRC32C); the coordinator merges the manifests and
+publishes.  A task never takes the destination lock and never publishes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OutputError
+from ..io.index import IndexEntry, read_index
+from ..io.publish.staging import MARKER
+from ..io.reader import Checkpoint, open_checkpoint
+from ..io.shard_writer import ShardWriter
+from ..plan.byte_path import raw_tensor
+from ..plan.entries import OutputEntry, Plan
+
+if TYPE_CHECKING:
+    from ..io.bytecopy import RawTensor
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """One batch of the plan as a self-contained, picklable unit of work."""
+
+    number: int  # the batch's place in the plan: manifests are merged in this order
+    sources: dict[str, str]  # alias -> checkpoint prefix, reopened where the task runs
+    entries: tuple[OutputEntry, ...]
+    staging: str  # the run's staging folder (on storage every worker reaches)
+    memory_budget: int
+    byte_path: bool = True
+    crc_check: bool = True
+    allow_nonfinite: bool = True
+    durable: bool = True
+
+    @property
+    def nbytes_out(self) -> int:
+        return sum(e.nbytes_out for e in self.entries)
+
+
+@dataclass
+class GroupManifest:
+    """What one task wrote: per group, its data file's prefix and index entries (no tensor data)."""
+
+    number: int
+    groups: list[tuple[str, list[IndexEntry]]] = field(default_factory=list)
+    metadata: list[IndexEntry] = field(default_factory=list)  # partitioned variables' full entries
+    nbytes: int = 0
+    where: str = ""  # host:pid that ran the attempt, for messages
+
+    @property
+    def data_files(self) -> list[str]:
+        return [prefix + ".data-00000-of-00001" for prefix, _ in self.groups]
+
+
+class _AttemptFolder:
+    """Stands in for :class:`~ckptsurgery.io.publish.staging.Staging` inside a task: group prefixes
+    under the attempt's own folder; removed when the attempt fails."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def group_prefix(self, index: int) -> str:
+        return str(self.path / f"group-{index:05d}" / "part")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class TaskWriter(ShardWriter):
+    """A :class:`ShardWriter` that writes one task's groups into its attempt folder and, instead of
+    merging and publishing, hands back their index entries (:meth:`manifest`).  No lock: the
+    coordinator holds the destination lock for the whole run."""
+
+    def __init__(self, attempt: Path, staging: Path, **options: Any):
+        super().__init__(str(attempt / "part"), own_index=True, **options)
+        self.attempt = attempt
+        self.staging_path = staging
+
+    def open(self) -> None:
+        self.check_staging()
+        try:
+            self.attempt.mkdir()
+        except OSError as exc:
+            raise OutputError(f"{self.attempt}: cannot create the task's folder in the staging folder: "
+                              f"{exc.strerror or exc}") from None
+        self._staging = _AttemptFolder(self.attempt)  # type: ignore[assignment]
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckptsurgery-save")
+
+    def check_staging(self) -> None:
+        """Fail with one line when this worker cannot see the run's staging folder (or it is gone:
+        the run ended), so no task writes outside a folder the coordinator and ``clean`` own."""
+        if not (self.staging_path / MARKER).is_file():
+            raise OutputError(f"{self.staging_path}: the staging folder is not visible from worker "
+                              f"{socket.gethostname()} (pid {os.getpid()}); with a cluster the destination must be "
+                              "on storage every worker reaches (a shared mount)")
+
+    def flush(self) -> None:
+        if self._group:
+            self.check_staging()
+        super().flush()
+
+    def add_raw(self, name: str, raw: "RawTensor") -> None:
+        self.check_staging()  # a stat per tensor; a run that ended meanwhile gets no folders re-created
+        super().add_raw(name, raw)
+
+    def manifest(self, number: int) -> GroupManifest:
+        """Save what is left and describe every group written (read from the groups' own indexes)."""
+        self.flush()
+        self._wait()
+        out = GroupManifest(number, where=f"{socket.gethostname()}:{os.getpid()}")
+        if self._raw is not None:
+            self._raw.close_group()
+            self._raw.close_files()
+            out.metadata = list(self._raw.metadata)
+        for group, prefix in enumerate(self._prefixes):
+            if self._raw is not None and group in self._raw.entries:
+                entries = list(self._raw.entries[group])
+            else:
+                index = read_index(prefix)
+                if index.num_shards != 1:
+                    raise OutputError(f"{prefix}: a saved group has {index.num_shards} data shards, expected 1")
+                entries = list(index.data_entries()) + [e for e in index.entries.values() if not e.has_data]
+            out.groups.append((prefix, [replace(e, shard_id=0) for e in entries]))
+            out.nbytes += sum(e.size for e in entries if e.has_data)
+        self.close()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._staging = None  # the files stay: the coordinator adopts them
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+@lru_cache(maxsize=64)
+def _open_cached(prefix: str, stamp: tuple[int, int]) -> Checkpoint:
+    return open_checkpoint(prefix)
+
+
+def reopen(prefix: str) -> Checkpoint:
+    """``open_checkpoint(prefix)``, cached per worker process while the index file is unchanged
+    (a worker runs many tasks of the same sources; the index is parsed once)."""
+    try:
+        st = os.stat(prefix + ".index")
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return open_checkpoint(prefix)  # not a plain bundle prefix (TF1 V1 file...): let open report
+    return _open_cached(prefix, stamp)
+
+
+def make_tasks(plan: Plan, batches: list[list[OutputEntry]], staging: str, budget: int, *, byte_path: bool,
+               crc_check: bool, allow_nonfinite: bool, durable: bool) -> list[GroupTask]:
+    """One task per batch; sources travel as prefixes, never as open readers."""
+    prefixes = {alias: ckpt.prefix for alias, ckpt in plan.sources.items()}
+    return [GroupTask(number, {a: prefixes[a] for a in {r.source for e in batch for r in e.inputs}}, tuple(batch),
+                      staging, budget, byte_path, crc_check, allow_nonfinite, durable)
+            for number, batch in enumerate(batches)]
+
+
+def run_group_task(task: GroupTask) -> GroupManifest:
+    """Run one task where it is called (a Dask worker, a thread, this process); see the module doc."""
+    from .executor import copy_parts, is_passthrough, produce, read_batch, saved_parts, to_tensor, working_set
+    from .executor import _check_finite
+
+    plan = Plan({alias: reopen(prefix) for alias, prefix in task.sources.items()}, list(task.entries))
+    raw = {e.name: r for e in plan.entries if task.byte_path and (r := raw_tensor(plan, e)) is not None}
+    attempt = Path(task.staging) / f"task-{task.number:05d}-{uuid.uuid4().hex[:8]}"
+    readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
+    try:
+        with TaskWriter(attempt, Path(task.staging), memory_budget=task.memory_budget, durable=task.durable,
+                        crc_check=task.crc_check) as writer:
+            # The executor's per-batch loop (execute/executor.py), for one batch.
+            decoded = [e for e in plan.entries if e.name not in raw]
+            inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
+            for entry in plan.entries:
+                if entry.name in raw:
+                    writer.add_raw(entry.name, raw[entry.name])
+                    continue
+                parts = saved_parts(plan, entry)
+                if parts:
+                    copy_parts(plan, entry, parts, writer)
+                    continue
+                if is_passthrough(entry):
+                    value = inputs[entry.inputs[0]]
+                else:
+                    if working_set(entry) > writer.budget:
+                        writer.drain()
+                    computed = produce(plan, entry, inputs)
+                    if not task.allow_nonfinite:
+                        _check_finite(entry, computed)
+                    value = to_tensor(computed)
+                    del computed
+                writer.add(entry.name, value, entry.nbytes_out)
+                del value
+            del inputs
+            return writer.manifest(task.number)
+    finally:
+        readers.shutdown(wait=True)
