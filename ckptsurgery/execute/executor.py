@@ -26,6 +26,8 @@ from ..options import check_write_options
 from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
+from ..plan.byte_path import chunk_plans
+from .chunked import write_chunked
 from ..transforms import apply_steps
 from ..values import same_bits
 from ..io.shard_writer import ShardWriter, resolve_destination
@@ -205,6 +207,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     prefix = resolve_destination(dest, [c.prefix for c in plan.sources.values()], force=options.force)
     byte_path = byte_path_enabled(options.byte_path)
     raw = {e.name: r for e in plan.entries if byte_path and (r := raw_tensor(plan, e)) is not None}
+    chunked = chunk_plans(plan) if byte_path else {}
     graph_raw = object_graph_raw(plan) if byte_path else None
     graph_bytes = None
     if plan.object_graph is not None:
@@ -233,11 +236,15 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
-                decoded = [e for e in batch if e.name not in raw]
+                decoded = [e for e in batch if e.name not in raw and e.name not in chunked]
                 inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
                 for entry in batch:
                     if entry.name in raw:
                         writer.add_raw(entry.name, raw[entry.name])
+                        continue
+                    if entry.name in chunked:
+                        write_chunked(plan, chunked[entry.name], writer, readers, crc_check=options.crc_check,
+                                      allow_nonfinite=options.allow_nonfinite)
                         continue
                     parts = saved_parts(plan, entry)
                     if parts:

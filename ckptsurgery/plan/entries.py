@@ -145,7 +145,10 @@ class Plan:
 
     def render(self) -> str:
         """A table for ``--dry-run``: each output, where it comes from, what changes."""
+        from .byte_path import byte_path_enabled, entry_note
+
         single_source = len(self.sources) == 1
+        byte_path_on = byte_path_enabled(self.byte_path)
         lines = []
         for e in self.entries:
             origin = ", ".join(
@@ -160,6 +163,8 @@ class Plan:
                 change += f"  [{infos[0].dtype}{list(infos[0].shape)} -> {e.dtype}{list(e.shape)}]"
             if e.note:
                 change += f"  ({e.note})"
+            if byte_path_on and not e.passthrough:
+                change += f"  [{entry_note(self, e)}]"
             lines.append(f"  {e.name}  {e.dtype}{list(e.shape)}  {format_size(e.nbytes_out)}{change}")
         for ref in self.dropped:
             lines.append(f"- {ref.name if single_source else f'{ref.source}:{ref.name}'}  (dropped)")

@@ -1,0 +1,253 @@
+"""Compute a tensor chunk by chunk from its inputs' byte ranges, and write it chunk by chunk.
+
+For an entry :mod:`ckptsurgery.plan.chunking` marked *chunked* (a cast, a
+resize of the first axis, a ``linear`` or ``task_arithmetic`` merge of
+numeric tensors in little-endian V2 bundles), the executor does not read the
+inputs through TensorFlow.  It reads row ranges of each input's data shard
+(:meth:`~ckptsurgery.io.bytecopy.ShardInput.read`), views them as numpy arrays
+(``np.frombuffer``), computes the output rows and hands them to the writer
+(:meth:`~ckptsurgery.io.shard_writer.ShardWriter.add_stream`), which extends
+the output's CRC32C chunk by chunk.  The next chunk's bytes are read in a
+worker thread while this one is computed.
+
+Bit-identical to the TF path by construction: each chunk goes through the
+very functions :func:`~ckptsurgery.execute.executor.produce` applies to the
+whole tensor (:func:`~ckptsurgery.execute.accumulate.combine` with its
+float64 accumulation, :func:`~ckptsurgery.execute.accumulate.narrow_in_place`,
+the ``cast`` transform), and these are elementwise.  A resize of the first
+axis keeps the leading rows and draws its fill from one generator continued
+from chunk to chunk (:func:`~ckptsurgery.transforms.random_fill`), so the
+fill equals the one drawn whole.
+
+Checks: each input's CRC32C covers its whole tensor, so it is extended over
+the bytes as they are read (rows a slice drops are read for it too) and
+compared once the tensor is done: a mismatch raises before anything is
+published.  NaN/Inf are checked on each output chunk when not allowed.
+
+Memory: a chunk is sized so that the inputs being computed, those being read
+ahead, the float64 accumulator and the step results fit the budget together.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+
+from ..dtypes import FLOATING, dtype_name_of_array, numpy_dtype
+from ..errors import BadCheckpointError, NonFiniteError
+from ..io.bytecopy import CHUNK as READ_PIECE
+from ..io.bytecopy import ChecksumMismatch, ShardInput, SourceReadError, crc32c_extend
+from ..io.index import IndexEntry, dtype_enum, dtype_name
+from ..io.shard_writer import ShardWriter
+from ..io.table import mask, unmask
+from ..plan.chunking import ChunkInput, ChunkPlan
+from ..plan.entries import Plan, TensorRef
+from ..transforms import TRANSFORMS, fill_rng, random_fill
+from .accumulate import combine, narrow_in_place
+
+#: float64 draws per step when skipping a random fill's kept rows (8 MB)
+_SKIP_PIECE = 1 << 20
+
+
+def write_chunked(plan: Plan, chunk_plan: ChunkPlan, writer: ShardWriter, pool: ThreadPoolExecutor, *,
+                  crc_check: bool = True, allow_nonfinite: bool = True) -> None:
+    """Compute ``chunk_plan``'s entry chunk by chunk into ``writer``; ``pool`` reads ahead."""
+    entry = chunk_plan.entry
+    if entry.nbytes_in + entry.nbytes_out > writer.budget:
+        writer.drain()  # a big tensor: its chunks must not add to the groups in flight
+    out = IndexEntry(entry.name, dtype_enum(entry.dtype), tuple(entry.shape), 0, 0, entry.nbytes_out, 0)
+    rows = chunk_rows(chunk_plan, writer.budget)
+    writer.add_stream(entry.name, out, output_chunks(plan, chunk_plan, rows, pool, crc_check=crc_check,
+                                                     allow_nonfinite=allow_nonfinite))
+
+
+def chunk_rows(chunk_plan: ChunkPlan, budget: int) -> int:
+    """Rows per chunk so that one chunk's working set fits ``budget`` (at least one row).
+
+    Per element: each input twice (computed, read ahead), a float64
+    accumulator and its float64 temporary, and two step results of the
+    widest dtype involved.
+    """
+    sizes = [numpy_dtype(dtype_name(i.entry.dtype)).itemsize for i in chunk_plan.inputs]
+    widest = max(sizes + [numpy_dtype(chunk_plan.entry.dtype).itemsize])
+    per_element = 2 * sum(sizes) + (16 if chunk_plan.entry.method else 0) + 2 * widest
+    return max(1, budget // (per_element * max(1, chunk_plan.row_elements)))
+
+
+class _InputRows:
+    """One input read row range after row range, in order, its CRC32C extended on the way."""
+
+    def __init__(self, source: ChunkInput, row_elements: int, crc_check: bool):
+        self.entry = source.entry
+        self.path = source.path
+        self.row_bytes = row_elements * numpy_dtype(dtype_name(self.entry.dtype)).itemsize
+        self.crc_check = crc_check
+        self.position = 0  # bytes of the tensor read so far
+        self.crc = 0
+        self.shard = ShardInput(source.path)
+
+    def read(self, start_row: int, end_row: int) -> bytes:
+        """The bytes of rows ``[start_row, end_row)`` (called in order, by one thread at a time)."""
+        assert start_row * self.row_bytes == self.position, "rows are read in order"
+        return self._take((end_row - start_row) * self.row_bytes)
+
+    def _take(self, size: int) -> bytes:
+        data = self.shard.read(self.entry.offset + self.position, size)
+        if self.crc_check:
+            self.crc = crc32c_extend(self.crc, data)
+        self.position += size
+        return data
+
+    def finish(self) -> None:
+        """Read what no chunk needed (rows a slice drops) for the CRC32C, then compare it."""
+        if not self.crc_check:
+            return
+        while self.position < self.entry.size:
+            self._take(min(READ_PIECE, self.entry.size - self.position))
+        if mask(self.crc) != self.entry.crc32c:
+            raise ChecksumMismatch(unmask(self.entry.crc32c), self.crc)
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+class _Fill:
+    """The fill rows of one resize step, drawn in order from one generator (see :func:`random_fill`)."""
+
+    def __init__(self, init: str, seed: int, tensor_name: str, row_shape: tuple[int, ...], row_elements: int):
+        self.init = init
+        self.kind = init.partition(":")[0]
+        self.rng = fill_rng(seed, tensor_name) if self.kind != "zeros" else None
+        self.row_shape = row_shape
+        self.row_elements = row_elements
+        self.drawn = 0  # elements of the whole stage's draw consumed so far
+
+    def rows(self, start: int, end: int, dtype: np.dtype) -> np.ndarray:
+        shape = (end - start, *self.row_shape)
+        if self.rng is None:
+            return np.zeros(shape, dtype=dtype)
+        skip = start * self.row_elements - self.drawn  # the kept rows' draws, discarded as make_fill does
+        while skip > 0:
+            piece = min(skip, _SKIP_PIECE)
+            random_fill(self.rng, self.init, piece)
+            skip -= piece
+        count = (end - start) * self.row_elements
+        self.drawn = end * self.row_elements
+        return random_fill(self.rng, self.init, count).astype(dtype).reshape(shape)
+
+
+def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPoolExecutor, *,
+                  crc_check: bool = True, allow_nonfinite: bool = True) -> Iterator[np.ndarray]:
+    """The output tensor in C-order chunks of ``rows`` rows; raises before its end on bad input."""
+    entry = chunk_plan.entry
+    streams: list[_InputRows] = []
+    pending: list[Future] = []
+    try:
+        for source in chunk_plan.inputs:
+            streams.append(_open(source, chunk_plan, crc_check, entry.name))
+        stage_rows = [chunk_plan.rows]  # rows after each step
+        fills: dict[int, _Fill] = {}
+        for number, step in enumerate(entry.steps):
+            if step.op == "resize":
+                stage_rows.append(step.params["shape"][0])
+                fills[number] = _Fill(str(step.params.get("init", "zeros")), int(step.params.get("seed", 0)),
+                                      entry.name, chunk_plan.row_shape, chunk_plan.row_elements)
+            else:
+                stage_rows.append(stage_rows[-1])
+        last = entry.inputs[-1]
+        first_dtype = numpy_dtype(plan.sources[last.source].info(last.name).dtype)
+        in_dtypes = [numpy_dtype(dtype_name(s.entry.dtype)) for s in streams]
+        out_dtype = numpy_dtype(entry.dtype)
+
+        def fetch(start: int) -> list[Future]:
+            if start >= chunk_plan.rows:
+                return []
+            end = min(start + rows, chunk_plan.rows)
+            return [pool.submit(stream.read, start, end) for stream in streams]
+
+        pending = fetch(0)
+        for start in range(0, stage_rows[-1], rows):
+            end = min(start + rows, stage_rows[-1])
+            if start < chunk_plan.rows:
+                data = [_result(future, stream, entry.name) for future, stream in zip(pending, streams)]
+                pending = fetch(start + rows)
+                arrays = [np.frombuffer(d, dtype).reshape(-1, *chunk_plan.row_shape) for d, dtype in zip(data, in_dtypes)]
+                del data
+                value = _combine(plan, chunk_plan, arrays, first_dtype)
+                del arrays
+            else:
+                value = np.empty((0, *chunk_plan.row_shape), dtype=first_dtype)
+            for number, step in enumerate(entry.steps):
+                if step.op == "cast":
+                    value = TRANSFORMS["cast"](value, tensor_name=entry.name, **step.params)
+                    continue
+                before, after = stage_rows[number], stage_rows[number + 1]
+                kept = value[: max(0, min(end, after) - start)]
+                fill_start, fill_end = max(start, before), min(end, after)
+                if fill_end > fill_start:
+                    value = np.concatenate([kept, fills[number].rows(fill_start, fill_end, value.dtype)])
+                else:
+                    value = kept
+            if dtype_name_of_array(value) != entry.dtype:
+                value = value.astype(out_dtype)
+            if not allow_nonfinite and entry.dtype in FLOATING and value.size \
+                    and not np.all(np.isfinite(value.astype(np.float32, copy=False))):
+                raise NonFiniteError(
+                    f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
+            yield value
+            del value
+        for future, stream in zip(pending, streams):
+            _result(future, stream, entry.name)
+        pending = []
+        for stream in streams:
+            _checked(stream.finish, stream, entry.name)
+    finally:
+        for future in pending:  # never close a shard under a read in flight
+            future.cancel()
+            if not future.cancelled():
+                try:
+                    future.result()
+                except Exception:
+                    pass
+        for stream in streams:
+            stream.close()
+
+
+def _combine(plan: Plan, chunk_plan: ChunkPlan, arrays: list[np.ndarray], out_dtype: np.dtype) -> np.ndarray:
+    """Rows of the combined inputs, through :func:`combine` as :func:`produce` calls it on whole tensors."""
+    entry = chunk_plan.entry
+    if entry.method is None:
+        return arrays[0]
+    by_position = iter(arrays)
+    values: dict[TensorRef, np.ndarray] = {}
+    for ref in entry.inputs:  # inputs are read in order; a repeated input is the same rows
+        values.setdefault(ref, next(by_position))
+    return narrow_in_place(combine(entry, lambda ref: values[ref], out_dtype), out_dtype)
+
+
+def _open(source: ChunkInput, chunk_plan: ChunkPlan, crc_check: bool, name: str) -> _InputRows:
+    try:
+        return _InputRows(source, chunk_plan.row_elements, crc_check)
+    except SourceReadError as exc:
+        raise BadCheckpointError(source.path, str(exc), name) from None
+
+
+def _result(future: Future, stream: _InputRows, name: str) -> bytes:
+    return _checked(future.result, stream, name)
+
+
+
+def _checked(call, stream: _InputRows, name: str):
+    """Run a read of ``stream``; its failures become the one-line error naming the input's file and tensor."""
+    name = stream.entry.name or name
+    try:
+        return call()
+    except ChecksumMismatch as exc:
+        raise BadCheckpointError(stream.path, f"tensor bytes fail their CRC32C check ({exc}): the checkpoint "
+                                              "is corrupt; nothing was published", name) from None
+    except EOFError as exc:
+        raise BadCheckpointError(stream.path, f"{exc}: the data shard is truncated", name) from None
+    except SourceReadError as exc:
+        raise BadCheckpointError(stream.path, str(exc), name) from None
