@@ -35,7 +35,7 @@ from helpers import copy_files, flip_in, tf_values
 from models import write_tf1_checkpoint
 
 KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
-SMALL = "96B"  # a few elements per chunk: every tensor here takes several chunks
+SMALL = "48B"  # a few elements per chunk: every tensor here takes several chunks
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -72,8 +72,9 @@ def ckpts(tf1_ckpt, tmp_path_factory) -> dict[str, str]:
 def restore_with_saver(prefix: str) -> None:
     """Restore every tensor with a TF1 ``Saver`` into variables of the written dtype and shape."""
     expected = tf_values(prefix)
+    dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
     with tf.Graph().as_default():
-        variables = {name: tf.compat.v1.Variable(tf.zeros(shape, tf.as_dtype(np.dtype(dtype))), name=f"v{i}")
+        variables = {name: tf.compat.v1.Variable(tf.zeros(shape, dtypes[name]), name=f"v{i}")
                      for i, (name, (dtype, shape, _)) in enumerate(expected.items()) if dtype != "string"}
         saver = tf.compat.v1.train.Saver(var_list=variables)
         with tf.compat.v1.Session() as sess:
@@ -139,7 +140,7 @@ OPERATIONS = {
                                                             memory_budget=SMALL, **o), restore_with_saver),
     "tf1-task-arithmetic": (tf1_merge("task_arithmetic", weights=[0.5, 1.5]), restore_with_saver),
     "tf2-cast-bf16-f32": (edit("mixed", cs.Cast("bfloat16", "float32")), restore_mixed(brain_dtype=tf.float32)),
-    "tf2-cast-f32-f16": (edit("mixed", cs.Cast("float32", "float16")),
+    "tf2-cast-f32-f16": (edit("mixed", cs.Cast("float32", "float16", "^model/emb/")),
                          restore_mixed(emb_dtype=tf.float16)),
     "tf2-cast-f16-bf16": (edit("mixed", cs.Cast("float16", "bfloat16")), restore_mixed(half_dtype=tf.bfloat16)),
     "tf2-pad-uniform-then-cast": (edit("mixed", cs.Resize("^model/emb/", "40,*", "uniform:0.1", seed=5),
@@ -182,7 +183,9 @@ def test_chunked_tensors_equal_the_tf_path_bit_for_bit_and_restore(operation, ck
     by_chunks, by_tf = str(tmp_path / "chunks" / "m"), str(tmp_path / "tf" / "m")
     run(ckpts, by_chunks, progress=False)
     assert set(chunk_counts) == expected_chunked
-    assert max(chunk_counts.values()) >= 4, "the small budget must force many chunks"
+    sizes = {e.name: e.nbytes_in + e.nbytes_out for e in plan.entries}
+    assert all(count >= 2 for name, count in chunk_counts.items() if sizes[name] > 48), "the budget forces chunks"
+    assert max(chunk_counts.values()) >= 2
     chunk_counts.clear()
     run(ckpts, by_tf, progress=False, byte_path=False)
     assert not chunk_counts, "byte_path=False must compute every tensor through TensorFlow"
@@ -256,7 +259,7 @@ def test_dry_run_says_per_entry_chunked_held_whole_or_falls_back(ckpts, v1_ckpt,
     plan = tf2_merge("slerp", {"t": 0.3})(ckpts, out, dry_run=True)
     assert _line(plan, f"model/emb{KEY}").endswith("[held whole: merge method slerp needs the whole tensor]")
 
-    result = run_cli("edit", ckpts["mixed"], str(out), "--cast", "float32", "bfloat16", "--dry-run")
+    result = run_cli("edit", ckpts["mixed"], str(out), "--cast", "float32:bfloat16", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert f"model/emb{KEY}  bfloat16[23, 4]" in result.stdout and "[chunked]" in result.stdout
     assert "2 computed chunk by chunk from bytes" in result.stdout
@@ -293,7 +296,7 @@ def test_corrupt_input_of_a_chunked_tensor_is_refused_and_nothing_published(oper
             cs.edit(sources["mixed"], out, [cs.Cast("bfloat16", "float32")], memory_budget=SMALL, progress=False)
         else:
             cs.edit(sources["mixed"], out, [cs.Resize("^model/emb/", "2,*")], memory_budget=SMALL, progress=False)
-    assert caught.value.tensor == tensor and corrupt in str(caught.value)
+    assert caught.value.tensor == tensor and str(tmp_path / "bad") in str(caught.value)
     assert chunk_counts[tensor] >= 1, "refused by the chunked path, after some chunks"
     assert sorted(p.name for p in out.parent.iterdir()) == []
 
