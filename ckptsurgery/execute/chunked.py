@@ -51,16 +51,51 @@ from .accumulate import combine, narrow_in_place
 _SKIP_PIECE = 1 << 20
 
 
-def write_chunked(plan: Plan, chunk_plan: ChunkPlan, writer: ShardWriter, pool: ThreadPoolExecutor, *,
-                  crc_check: bool = True, allow_nonfinite: bool = True) -> None:
+class InputShards:
+    """Input data shards kept open for a whole run, so a model of many small tensors opens each file once.
+
+    One tensor's inputs are read in parallel, so each of its inputs gets a
+    shard of its own: the n-th input of a tensor that lives in a file takes
+    that file's n-th open shard.  Tensors are computed one after another, so
+    no shard is read by two threads at once.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int], ShardInput] = {}
+
+    def for_inputs(self, inputs: tuple[ChunkInput, ...]) -> list[ShardInput]:
+        seen: dict[str, int] = {}
+        shards = []
+        for source in inputs:
+            key = (source.path, seen.get(source.path, 0))
+            seen[source.path] = key[1] + 1
+            if key not in self._open:
+                try:
+                    self._open[key] = ShardInput(source.path)
+                except SourceReadError as exc:
+                    raise BadCheckpointError(source.path, str(exc), source.entry.name) from None
+            shards.append(self._open[key])
+        return shards
+
+    def close(self) -> None:
+        for shard in self._open.values():
+            shard.close()
+        self._open.clear()
+
+
+def write_chunked(plan: Plan, chunk_plan: ChunkPlan, writer: ShardWriter, pool: ThreadPoolExecutor,
+                  shards: InputShards, *, crc_check: bool = True, allow_nonfinite: bool = True) -> None:
     """Compute ``chunk_plan``'s entry chunk by chunk into ``writer``; ``pool`` reads ahead."""
     entry = chunk_plan.entry
     if entry.nbytes_in + entry.nbytes_out > writer.budget:
         writer.drain()  # a big tensor: its chunks must not add to the groups in flight
     out = IndexEntry(entry.name, dtype_enum(entry.dtype), tuple(entry.shape), 0, 0, entry.nbytes_out, 0)
     rows = chunk_rows(chunk_plan, writer.budget)
-    writer.add_stream(entry.name, out, output_chunks(plan, chunk_plan, rows, pool, crc_check=crc_check,
-                                                     allow_nonfinite=allow_nonfinite))
+    chunks = output_chunks(plan, chunk_plan, rows, pool, shards, crc_check=crc_check, allow_nonfinite=allow_nonfinite)
+    try:
+        writer.add_stream(entry.name, out, chunks)
+    finally:
+        chunks.close()  # a failed write stops the reads now, not when the generator is collected
 
 
 def chunk_rows(chunk_plan: ChunkPlan, budget: int) -> int:
@@ -79,14 +114,14 @@ def chunk_rows(chunk_plan: ChunkPlan, budget: int) -> int:
 class _InputRows:
     """One input read row range after row range, in order, its CRC32C extended on the way."""
 
-    def __init__(self, source: ChunkInput, row_elements: int, crc_check: bool):
+    def __init__(self, source: ChunkInput, shard: ShardInput, row_elements: int, crc_check: bool):
         self.entry = source.entry
         self.path = source.path
         self.row_bytes = row_elements * numpy_dtype(dtype_name(self.entry.dtype)).itemsize
         self.crc_check = crc_check
         self.position = 0  # bytes of the tensor read so far
         self.crc = 0
-        self.shard = ShardInput(source.path)
+        self.shard = shard
 
     def read(self, start_row: int, end_row: int) -> bytes:
         """The bytes of rows ``[start_row, end_row)`` (called in order, by one thread at a time)."""
@@ -108,9 +143,6 @@ class _InputRows:
             self._take(min(READ_PIECE, self.entry.size - self.position))
         if mask(self.crc) != self.entry.crc32c:
             raise ChecksumMismatch(unmask(self.entry.crc32c), self.crc)
-
-    def close(self) -> None:
-        self.shard.close()
 
 
 class _Fill:
@@ -138,15 +170,14 @@ class _Fill:
         return random_fill(self.rng, self.init, count).astype(dtype).reshape(shape)
 
 
-def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPoolExecutor, *,
+def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPoolExecutor, shards: InputShards, *,
                   crc_check: bool = True, allow_nonfinite: bool = True) -> Iterator[np.ndarray]:
     """The output tensor in C-order chunks of ``rows`` rows; raises before its end on bad input."""
     entry = chunk_plan.entry
-    streams: list[_InputRows] = []
+    streams = [_InputRows(source, shard, chunk_plan.row_elements, crc_check)
+               for source, shard in zip(chunk_plan.inputs, shards.for_inputs(chunk_plan.inputs))]
     pending: list[Future] = []
     try:
-        for source in chunk_plan.inputs:
-            streams.append(_open(source, chunk_plan, crc_check, entry.name))
         stage_rows = [chunk_plan.rows]  # rows after each step
         fills: dict[int, _Fill] = {}
         for number, step in enumerate(entry.steps):
@@ -204,15 +235,13 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
         for stream in streams:
             _checked(stream.finish, stream, entry.name)
     finally:
-        for future in pending:  # never close a shard under a read in flight
+        for future in pending:  # no read of this tensor may outlive it (the shards serve the next one)
             future.cancel()
             if not future.cancelled():
                 try:
                     future.result()
                 except Exception:
                     pass
-        for stream in streams:
-            stream.close()
 
 
 def _combine(plan: Plan, chunk_plan: ChunkPlan, arrays: list[np.ndarray], out_dtype: np.dtype) -> np.ndarray:
@@ -225,13 +254,6 @@ def _combine(plan: Plan, chunk_plan: ChunkPlan, arrays: list[np.ndarray], out_dt
     for ref in entry.inputs:  # inputs are read in order; a repeated input is the same rows
         values.setdefault(ref, next(by_position))
     return narrow_in_place(combine(entry, lambda ref: values[ref], out_dtype), out_dtype)
-
-
-def _open(source: ChunkInput, chunk_plan: ChunkPlan, crc_check: bool, name: str) -> _InputRows:
-    try:
-        return _InputRows(source, chunk_plan.row_elements, crc_check)
-    except SourceReadError as exc:
-        raise BadCheckpointError(source.path, str(exc), name) from None
 
 
 def _result(future: Future, stream: _InputRows, name: str) -> bytes:

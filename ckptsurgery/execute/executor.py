@@ -27,7 +27,7 @@ from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from ..plan.byte_path import chunk_plans
-from .chunked import write_chunked
+from .chunked import InputShards, write_chunked
 from ..transforms import apply_steps
 from ..values import same_bits
 from ..io.shard_writer import ShardWriter, resolve_destination
@@ -228,6 +228,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             verify_values(plan, merged_prefix)
 
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
+    chunk_shards = InputShards()
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
@@ -243,8 +244,8 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                         writer.add_raw(entry.name, raw[entry.name])
                         continue
                     if entry.name in chunked:
-                        write_chunked(plan, chunked[entry.name], writer, readers, crc_check=options.crc_check,
-                                      allow_nonfinite=options.allow_nonfinite)
+                        write_chunked(plan, chunked[entry.name], writer, readers, chunk_shards,
+                                      crc_check=options.crc_check, allow_nonfinite=options.allow_nonfinite)
                         continue
                     parts = saved_parts(plan, entry)
                     if parts:
@@ -275,6 +276,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             published = writer.finish()
     finally:
         readers.shutdown(wait=True)
+        chunk_shards.close()
         bar.close()
     return WriteResult(published, len(expected), plan.nbytes_out, [r.name for r in plan.dropped])
 
