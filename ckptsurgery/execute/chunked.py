@@ -196,6 +196,8 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
             if start >= chunk_plan.rows:
                 return []
             end = min(start + rows, chunk_plan.rows)
+            if chunk_plan.rows <= rows:  # one chunk: nothing to overlap, a thread hand-off only costs
+                return [_done(_checked(lambda: stream.read(start, end), stream, entry.name)) for stream in streams]
             return [pool.submit(stream.read, start, end) for stream in streams]
 
         pending = fetch(0)
@@ -254,6 +256,12 @@ def _combine(plan: Plan, chunk_plan: ChunkPlan, arrays: list[np.ndarray], out_dt
     for ref in entry.inputs:  # inputs are read in order; a repeated input is the same rows
         values.setdefault(ref, next(by_position))
     return narrow_in_place(combine(entry, lambda ref: values[ref], out_dtype), out_dtype)
+
+
+def _done(data: bytes) -> Future:
+    future: Future = Future()
+    future.set_result(data)
+    return future
 
 
 def _result(future: Future, stream: _InputRows, name: str) -> bytes:

@@ -48,7 +48,7 @@ def byte_path_enabled(option: bool | None = None) -> bool:
 
 def raw_tensor(plan: Plan, entry: OutputEntry) -> RawTensor | None:
     """The byte ranges ``entry`` can be copied from, or None when it must be decoded."""
-    return _classify(plan, entry)[0]
+    return _classify(plan, entry)[0] if entry.passthrough else None
 
 
 def decode_reason(plan: Plan, entry: OutputEntry) -> str | None:
