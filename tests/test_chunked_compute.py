@@ -316,3 +316,23 @@ def test_nonfinite_results_are_caught_chunk_by_chunk(ckpts, chunk_counts, tmp_pa
         allowed[byte_path] = tf_values(out)
     assert allowed[True] == allowed[False]
     assert np.isinf(np.frombuffer(allowed[True][f"model/vec{KEY}"][2], np.float32)).sum() == 1
+
+
+def test_open_input_shards_stay_bounded(ckpts, monkeypatch):
+    """Shards stay open from tensor to tensor, but past a bound those the current tensor does not use close."""
+    from ckptsurgery.io.reader import open_checkpoint
+    from ckptsurgery.plan.chunking import ChunkInput
+
+    monkeypatch.setattr(chunked.InputShards, "MAX_OPEN", 2)
+    inputs = []
+    for alias in ("mixed", "mixedb", "mixedbase"):
+        index = open_checkpoint(ckpts[alias]).bundle_index
+        stored = index.entries[f"model/vec{KEY}"]
+        inputs.append(ChunkInput(stored, index.data_path(stored.shard_id)))
+    shards = chunked.InputShards()
+    first = shards.for_inputs((inputs[0], inputs[1]))
+    assert shards.for_inputs((inputs[0], inputs[1])) == first  # kept open, not reopened
+    twice = shards.for_inputs((inputs[2], inputs[2]))  # one file twice: two shards (read in parallel)
+    assert twice[0] is not twice[1] and all(s.fd < 0 for s in first) and len(shards._open) == 2
+    shards.close()
+    assert all(s.fd < 0 for s in twice)

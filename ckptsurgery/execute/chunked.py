@@ -63,12 +63,20 @@ class InputShards:
     def __init__(self) -> None:
         self._open: dict[tuple[str, int], ShardInput] = {}
 
+    #: open shards kept at most (beyond, those the current tensor does not use are closed): a file-descriptor bound
+    MAX_OPEN = 64
+
     def for_inputs(self, inputs: tuple[ChunkInput, ...]) -> list[ShardInput]:
         seen: dict[str, int] = {}
-        shards = []
+        keys = []
         for source in inputs:
-            key = (source.path, seen.get(source.path, 0))
-            seen[source.path] = key[1] + 1
+            keys.append((source.path, seen.get(source.path, 0)))
+            seen[source.path] = keys[-1][1] + 1
+        if len(self._open) + len(keys) > self.MAX_OPEN:
+            for key in [k for k in self._open if k not in keys]:
+                self._open.pop(key).close()
+        shards = []
+        for source, key in zip(inputs, keys):
             if key not in self._open:
                 try:
                     self._open[key] = ShardInput(source.path)
