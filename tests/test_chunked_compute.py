@@ -244,6 +244,9 @@ def test_dry_run_says_per_entry_chunked_held_whole_or_falls_back(ckpts, v1_ckpt,
     assert _line(plan, "embed/table").endswith("[falls back: partitioned input, decoded through TensorFlow]")
     assert _line(plan, "vocab").endswith("[falls back: string dtype, decoded through TensorFlow]")
     assert "counts  int32[5]  20 B\n" in plan.render() + "\n"  # unchanged: no note
+    computed = {e["name"]: e.get("computed") for e in plan.to_json()["entries"]}
+    assert computed["encoder/dense/kernel"] == "chunked" and computed["counts"] is None
+    assert computed["vocab"] == "falls back: string dtype, decoded through TensorFlow"
     summary = plan.to_json()["byte_path"]
     assert summary["chunked"] == 11 and summary["decoded"] == {
         "computed, falls back: partitioned input": 3, "computed, falls back: string dtype": 1}

@@ -134,7 +134,7 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "sources": {alias: ckpt.prefix for alias, ckpt in self.sources.items()},
-            "entries": [e.to_json() for e in self.entries],
+            "entries": [_entry_json(self, e) for e in self.entries],
             "dropped": [{"source": r.source, "name": r.name} for r in self.dropped],
             "object_graph": self.object_graph.source if self.object_graph else None,
             "tensors_out": len(self.entries),
@@ -179,6 +179,16 @@ class Plan:
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
         )
         return "\n".join(display_name(line) for line in lines)  # one line per entry: names are input
+
+
+def _entry_json(plan: Plan, entry: OutputEntry) -> dict:
+    """An entry for ``--json``; a computed one says how, on the byte path (chunked, held whole, falls back)."""
+    from .byte_path import byte_path_enabled, entry_note
+
+    out = entry.to_json()
+    if not entry.passthrough and byte_path_enabled(plan.byte_path):
+        out["computed"] = entry_note(plan, entry)
+    return out
 
 
 def _byte_path_summary(plan: Plan) -> dict:
