@@ -6,7 +6,9 @@ unchanged tensors in one ``RestoreV2`` call per source, as TF tensors that
 go to ``SaveV2`` without a numpy copy; the others through :func:`produce`)
 and handed to the writer as one group, which a worker saves while the next
 batch is read.  Memory is set by the budget and the largest tensor, never
-by the model.
+by the model.  On the byte path, unchanged tensors are copied as bytes and
+computed ones that allow it are computed chunk by chunk from their inputs'
+bytes (:mod:`ckptsurgery.execute.chunked`), in about one budget whatever their size.
 """
 
 from __future__ import annotations
