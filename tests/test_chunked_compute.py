@@ -215,7 +215,7 @@ def test_big_tensor_memory_is_chunks_not_the_tensor(tmp_path):
                         method="linear")
     inputs = tuple(ChunkInput(IndexEntry("w", 1, (n,), 0, 0, 4 * n, 0), "x") for _ in range(4))
     rows = chunked.chunk_rows(ChunkPlan(entry, inputs, n, 1, ()), 128_000_000)
-    working_set = rows * (2 * 4 * 4 + 16 + 2 * 4)
+    working_set = rows * (2 * 4 * 4 + 8)
     assert rows < n and working_set <= 128_000_000
 
 

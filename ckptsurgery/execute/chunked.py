@@ -109,13 +109,18 @@ def write_chunked(plan: Plan, chunk_plan: ChunkPlan, writer: ShardWriter, pool: 
 def chunk_rows(chunk_plan: ChunkPlan, budget: int) -> int:
     """Rows per chunk so that one chunk's working set fits ``budget`` (at least one row).
 
-    Per element: each input twice (computed, read ahead), a float64
-    accumulator and its float64 temporary, and two step results of the
-    widest dtype involved.
+    Per element: each input twice (the rows computed, the rows read ahead);
+    for a merge, the float64 accumulator (narrowed in place; its float64
+    temporary is bounded by :data:`~ckptsurgery.merge_methods.streaming.CHUNK`
+    elements, not by the chunk); and two step results of the widest dtype
+    involved when there are steps or no merge.  Counted this way the working
+    set is one budget whatever the number of inputs, so averaging 16
+    checkpoints takes the memory of averaging 2.
     """
+    entry = chunk_plan.entry
     sizes = [numpy_dtype(dtype_name(i.entry.dtype)).itemsize for i in chunk_plan.inputs]
-    widest = max(sizes + [numpy_dtype(chunk_plan.entry.dtype).itemsize])
-    per_element = 2 * sum(sizes) + (16 if chunk_plan.entry.method else 0) + 2 * widest
+    widest = max(sizes + [numpy_dtype(entry.dtype).itemsize])
+    per_element = 2 * sum(sizes) + (8 if entry.method else 0) + (2 * widest if entry.steps or not entry.method else 0)
     return max(1, budget // (per_element * max(1, chunk_plan.row_elements)))
 
 

@@ -390,6 +390,7 @@ class RawGroups:
             except OSError as exc:
                 raise _write_error(self.writer.dest_prefix, exc) from None
             self.writer._on_written(data.size)
+            del chunk, data  # free this chunk before the next is computed
         if out.size - offset != entry.size:
             raise OutputError(f"{self.writer.dest_prefix}: tensor {name!r}: computed {out.size - offset} bytes, "
                               f"expected {entry.size}; nothing published")
