@@ -152,6 +152,8 @@ OPERATIONS = {
                            restore_mixed(emb_rows=31)),
     "tf2-average": (lambda c, out, **o: cs.average([c["mixed"], c["mixedb"], c["mixedbase"]], out,
                                                    memory_budget=SMALL, **o), restore_mixed()),
+    "tf2-average-ema": (lambda c, out, **o: cs.average([c["mixed"], c["mixedb"], c["mixedbase"]], out, ema=0.9,
+                                                       memory_budget=SMALL, **o), restore_mixed()),
     "tf2-linear-weighted": (tf2_merge("linear", weights=[0.25, 0.75]), restore_mixed()),
     "tf2-linear-unnormalized": (tf2_merge("linear", {"normalize": False}, weights=[0.5, 2.0]), restore_mixed()),
     "tf2-task-arithmetic": (tf2_merge("task_arithmetic", weights=[0.5, -0.25], base=True), restore_mixed()),
@@ -281,20 +283,24 @@ def test_held_whole_and_fallback_entries_still_equal_the_tf_path(ckpts, chunk_co
 
 
 # -- checks ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("operation, corrupt, tensor", [
-    ("average", "mixedb", f"model/emb{KEY}"),
-    ("cast", "mixed", f"model/brain{KEY}"),
-    ("slice", "mixed", f"model/emb{KEY}"),  # the flipped byte is in rows the slice drops: still read, still checked
+@pytest.mark.parametrize("operation, corrupt, tensor, crc_check", [
+    ("average", "mixedb", f"model/emb{KEY}", True),
+    ("cast", "mixed", f"model/brain{KEY}", True),
+    ("slice", "mixed", f"model/emb{KEY}", True),  # the flipped byte is in rows the slice drops: still read, checked
+    # --no-crc-check skips checking copied bytes (carried with their CRC32C, still detectable); a computed
+    # tensor would get a fresh CRC32C hiding the corruption, so its inputs are always checked, as on the TF path.
+    ("average", "mixedb", f"model/emb{KEY}", False),
 ])
-def test_corrupt_input_of_a_chunked_tensor_is_refused_and_nothing_published(operation, corrupt, tensor, ckpts,
-                                                                             chunk_counts, tmp_path):
+def test_corrupt_input_of_a_chunked_tensor_is_refused_and_nothing_published(operation, corrupt, tensor, crc_check,
+                                                                             ckpts, chunk_counts, tmp_path):
     sources = dict(ckpts)
     sources[corrupt] = copy_files(ckpts[corrupt], tmp_path / "bad")
     flip_in(sources[corrupt], tensor)
     out = tmp_path / "out" / "m"
     with pytest.raises(BadCheckpointError, match="CRC32C") as caught:
         if operation == "average":
-            cs.average([sources["mixed"], sources["mixedb"]], out, memory_budget=SMALL, progress=False)
+            cs.average([sources["mixed"], sources["mixedb"]], out, memory_budget=SMALL, progress=False,
+                       crc_check=crc_check)
         elif operation == "cast":
             cs.edit(sources["mixed"], out, [cs.Cast("bfloat16", "float32")], memory_budget=SMALL, progress=False)
         else:

@@ -22,7 +22,10 @@ fill equals the one drawn whole.
 Checks: each input's CRC32C covers its whole tensor, so it is extended over
 the bytes as they are read (rows a slice drops are read for it too) and
 compared once the tensor is done: a mismatch raises before anything is
-published.  NaN/Inf are checked on each output chunk when not allowed.
+published.  Always, ``--no-crc-check`` or not: that option skips checking
+bytes *copied* (their corruption is carried with the original CRC32C and
+stays detectable), while a computed tensor gets a fresh CRC32C that would
+hide it, so its inputs are checked as TensorFlow's reader checks them.  NaN/Inf are checked on each output chunk when not allowed.
 
 Memory: a chunk is sized so that the inputs being computed, those being read
 ahead, the float64 accumulator and the step results fit the budget together.

@@ -247,7 +247,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                         continue
                     if entry.name in chunked:
                         write_chunked(plan, chunked[entry.name], writer, readers, chunk_shards,
-                                      crc_check=options.crc_check, allow_nonfinite=options.allow_nonfinite)
+                                      allow_nonfinite=options.allow_nonfinite)
                         continue
                     parts = saved_parts(plan, entry)
                     if parts:
