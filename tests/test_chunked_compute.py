@@ -7,7 +7,8 @@
   enough to force many chunks, and on the TF path (``byte_path=False``):
   TF's reader sees the same names, dtypes, shapes and bits, and the outputs
   restore with ``Saver`` / ``tf.train.Checkpoint``;
-* a partitioned input, a V1 source, a string tensor fall back to TensorFlow;
+* a TF1 variable partitioned along its first axis is read part by part (each part's CRC32C checked);
+  one partitioned along an inner axis, a V1 source, a string tensor fall back to TensorFlow;
   slerp, a resize of an inner axis and ``init=mean`` are held whole, and
   ``--dry-run`` says which, per entry;
 * corrupt bytes inside an input of a chunked tensor (kept rows or rows a
@@ -80,7 +81,7 @@ def restore_with_saver(prefix: str) -> None:
         with tf.compat.v1.Session() as sess:
             saver.restore(sess, prefix)
             values = sess.run(variables)
-    assert len(values) >= 5
+    assert values and len(values) == sum(1 for dtype, _, _ in expected.values() if dtype != "string")
     for name, value in values.items():
         assert np.asarray(value).tobytes() == expected[name][2], name
 
@@ -199,11 +200,40 @@ def test_chunked_tensors_equal_the_tf_path_bit_for_bit_and_restore(operation, ck
     restore(by_chunks)
 
 
-def test_partitioned_inputs_fall_back_and_the_rest_is_chunked(ckpts, tmp_path):
+def test_first_axis_partitions_are_read_part_by_part(ckpts, tmp_path):
     plan = cs.edit(ckpts["tf1"], tmp_path / "o" / "m", [cs.Cast("float32", "bfloat16")], dry_run=True)
     chunk = chunk_plans(plan)
-    assert "embed/table" not in chunk and "embed/table/Adam" not in chunk
-    assert {"encoder/dense/kernel", "encoder/dense/kernel/Adam", "head/kernel", "beta1_power"} <= set(chunk)
+    assert {"embed/table", "embed/table/Adam", "encoder/dense/kernel", "head/kernel", "beta1_power"} <= set(chunk)
+    table = chunk["embed/table"].inputs[0]
+    assert [part.shape for part, _ in table.segments] == [(4, 3), (3, 3), (3, 3)]  # 10 rows in 3 parts, in order
+
+
+@pytest.fixture(scope="module")
+def inner_partitioned(tmp_path_factory) -> str:
+    """A TF1 checkpoint with a variable partitioned along its second axis."""
+    folder = tmp_path_factory.mktemp("inner")
+    with tf.Graph().as_default():
+        tf.compat.v1.get_variable("wide", shape=(3, 8), initializer=tf.compat.v1.random_normal_initializer(seed=1),
+                                  partitioner=lambda shape, dtype: [1, 2])
+        tf.compat.v1.get_variable("tall", shape=(8, 3), initializer=tf.compat.v1.random_normal_initializer(seed=2),
+                                  partitioner=lambda shape, dtype: [3, 1])
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            return tf.compat.v1.train.Saver().save(sess, str(folder / "model.ckpt"), write_meta_graph=False)
+
+
+def test_inner_axis_partitions_fall_back_and_both_ways_agree(inner_partitioned, chunk_counts, tmp_path):
+    def run(out, **o):
+        return cs.edit(inner_partitioned, out, [cs.Cast("float32", "bfloat16")], memory_budget=SMALL, **o)
+
+    plan = run(tmp_path / "plan" / "m", dry_run=True)
+    assert _line(plan, "wide").endswith("[falls back: partitioned along an inner axis, decoded through TensorFlow]")
+    assert _line(plan, "tall").endswith("[chunked]")
+    run(str(tmp_path / "a" / "m"), progress=False)
+    assert set(chunk_counts) == {"tall"} and chunk_counts["tall"] >= 2
+    run(str(tmp_path / "b" / "m"), progress=False, byte_path=False)
+    assert tf_values(str(tmp_path / "a" / "m")) == tf_values(str(tmp_path / "b" / "m"))
+    restore_with_saver(str(tmp_path / "a" / "m"))
 
 
 def test_big_tensor_memory_is_chunks_not_the_tensor(tmp_path):
@@ -243,15 +273,14 @@ def test_dry_run_says_per_entry_chunked_held_whole_or_falls_back(ckpts, v1_ckpt,
     out = tmp_path / "o" / "m"
     plan = cs.edit(ckpts["tf1"], out, [cs.Cast("float32", "float16"), cs.Resize("^vocab$", "5")], dry_run=True)
     assert _line(plan, "encoder/dense/kernel").endswith("[chunked]")
-    assert _line(plan, "embed/table").endswith("[falls back: partitioned input, decoded through TensorFlow]")
+    assert _line(plan, "embed/table").endswith("[chunked]")
     assert _line(plan, "vocab").endswith("[falls back: string dtype, decoded through TensorFlow]")
     assert "counts  int32[5]  20 B\n" in plan.render() + "\n"  # unchanged: no note
     computed = {e["name"]: e.get("computed") for e in plan.to_json()["entries"]}
     assert computed["encoder/dense/kernel"] == "chunked" and computed["counts"] is None
     assert computed["vocab"] == "falls back: string dtype, decoded through TensorFlow"
     summary = plan.to_json()["byte_path"]
-    assert summary["chunked"] == 11 and summary["decoded"] == {
-        "computed, falls back: partitioned input": 3, "computed, falls back: string dtype": 1}
+    assert summary["chunked"] == 14 and summary["decoded"] == {"computed, falls back: string dtype": 1}
 
     plan = cs.edit(v1_ckpt, out, [cs.Cast("float32", "float16")], dry_run=True)
     assert _line(plan, "head/kernel").endswith("[falls back: source src is a V1 checkpoint, decoded through TensorFlow]")
@@ -290,15 +319,18 @@ def test_held_whole_and_fallback_entries_still_equal_the_tf_path(ckpts, chunk_co
     # --no-crc-check skips checking copied bytes (carried with their CRC32C, still detectable); a computed
     # tensor would get a fresh CRC32C hiding the corruption, so its inputs are always checked, as on the TF path.
     ("average", "mixedb", f"model/emb{KEY}", False),
+    ("average", "tf1b", "embed/table", True),  # in the middle part of a partitioned variable
 ])
 def test_corrupt_input_of_a_chunked_tensor_is_refused_and_nothing_published(operation, corrupt, tensor, crc_check,
                                                                              ckpts, chunk_counts, tmp_path):
     sources = dict(ckpts)
     sources[corrupt] = copy_files(ckpts[corrupt], tmp_path / "bad")
-    flip_in(sources[corrupt], tensor)
+    flip_in(sources[corrupt], tensor, 1 if corrupt == "tf1b" else 0)
     out = tmp_path / "out" / "m"
     with pytest.raises(BadCheckpointError, match="CRC32C") as caught:
-        if operation == "average":
+        if operation == "average" and corrupt == "tf1b":
+            cs.average([sources["tf1"], sources["tf1b"]], out, memory_budget=SMALL, progress=False)
+        elif operation == "average":
             cs.average([sources["mixed"], sources["mixedb"]], out, memory_budget=SMALL, progress=False,
                        crc_check=crc_check)
         elif operation == "cast":
@@ -339,9 +371,13 @@ def test_open_input_shards_stay_bounded(ckpts, monkeypatch):
         stored = index.entries[f"model/vec{KEY}"]
         inputs.append(ChunkInput(stored, index.data_path(stored.shard_id)))
     shards = chunked.InputShards()
-    first = shards.for_inputs((inputs[0], inputs[1]))
-    assert shards.for_inputs((inputs[0], inputs[1])) == first  # kept open, not reopened
-    twice = shards.for_inputs((inputs[2], inputs[2]))  # one file twice: two shards (read in parallel)
+
+    def open_for(*chosen):
+        return [next(iter(files.values())) for files in shards.for_inputs(chosen)]
+
+    first = open_for(inputs[0], inputs[1])
+    assert open_for(inputs[0], inputs[1]) == first  # kept open, not reopened
+    twice = open_for(inputs[2], inputs[2])  # one file twice: two shards (read in parallel)
     assert twice[0] is not twice[1] and all(s.fd < 0 for s in first) and len(shards._open) == 2
     shards.close()
     assert all(s.fd < 0 for s in twice)

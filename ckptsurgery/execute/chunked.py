@@ -69,24 +69,29 @@ class InputShards:
     #: open shards kept at most (beyond, those the current tensor does not use are closed): a file-descriptor bound
     MAX_OPEN = 64
 
-    def for_inputs(self, inputs: tuple[ChunkInput, ...]) -> list[ShardInput]:
+    def for_inputs(self, inputs: tuple[ChunkInput, ...]) -> list[dict[str, ShardInput]]:
+        """For each input, its data shards by path (a partitioned input's parts may span several)."""
         seen: dict[str, int] = {}
-        keys = []
+        wanted: list[dict[str, tuple[str, int]]] = []
         for source in inputs:
-            keys.append((source.path, seen.get(source.path, 0)))
-            seen[source.path] = keys[-1][1] + 1
-        if len(self._open) + len(keys) > self.MAX_OPEN:
-            for key in [k for k in self._open if k not in keys]:
+            keys = {}
+            for _, path in source.segments:
+                if path not in keys:
+                    keys[path] = (path, seen.get(path, 0))
+                    seen[path] = keys[path][1] + 1
+            wanted.append(keys)
+        needed = {key for keys in wanted for key in keys.values()}
+        if len(self._open) + len(needed) > self.MAX_OPEN:
+            for key in [k for k in self._open if k not in needed]:
                 self._open.pop(key).close()
-        shards = []
-        for source, key in zip(inputs, keys):
-            if key not in self._open:
-                try:
-                    self._open[key] = ShardInput(source.path)
-                except SourceReadError as exc:
-                    raise BadCheckpointError(source.path, str(exc), source.entry.name) from None
-            shards.append(self._open[key])
-        return shards
+        for source, keys in zip(inputs, wanted):
+            for path, key in keys.items():
+                if key not in self._open:
+                    try:
+                        self._open[key] = ShardInput(path)
+                    except SourceReadError as exc:
+                        raise BadCheckpointError(path, str(exc), source.entry.name) from None
+        return [{path: self._open[key] for path, key in keys.items()} for keys in wanted]
 
     def close(self) -> None:
         for shard in self._open.values():
@@ -128,16 +133,25 @@ def chunk_rows(chunk_plan: ChunkPlan, budget: int) -> int:
 
 
 class _InputRows:
-    """One input read row range after row range, in order, its CRC32C extended on the way."""
+    """One input read row range after row range, in order, each part's CRC32C extended on the way.
 
-    def __init__(self, source: ChunkInput, shard: ShardInput, row_elements: int, crc_check: bool):
+    The input's bytes are one range of a data shard, or, for a variable
+    partitioned along its first axis, its parts' ranges one after the other;
+    each range's CRC32C is compared as soon as its last byte is read.
+    """
+
+    def __init__(self, source: ChunkInput, shards: dict[str, ShardInput], row_elements: int, crc_check: bool):
         self.entry = source.entry
-        self.path = source.path
+        self.path = source.path  # the data shard being read, for messages
+        self.segments = source.segments
+        self.shards = shards
         self.row_bytes = row_elements * numpy_dtype(dtype_name(self.entry.dtype)).itemsize
         self.crc_check = crc_check
+        self.size = sum(part.size for part, _ in self.segments)
         self.position = 0  # bytes of the tensor read so far
-        self.crc = 0
-        self.shard = shard
+        self._segment = 0  # the range being read
+        self._in_segment = 0  # bytes of it read so far
+        self._crc = 0
 
     def read(self, start_row: int, end_row: int) -> bytes:
         """The bytes of rows ``[start_row, end_row)`` (called in order, by one thread at a time)."""
@@ -145,20 +159,39 @@ class _InputRows:
         return self._take((end_row - start_row) * self.row_bytes)
 
     def _take(self, size: int) -> bytes:
-        data = self.shard.read(self.entry.offset + self.position, size)
-        if self.crc_check:
-            self.crc = crc32c_extend(self.crc, data)
-        self.position += size
-        return data
+        pieces = []
+        while size:
+            self._close_finished()
+            part, path = self.segments[self._segment]
+            count = min(size, part.size - self._in_segment)
+            self.path = path
+            data = self.shards[path].read(part.offset + self._in_segment, count)
+            if self.crc_check:
+                self._crc = crc32c_extend(self._crc, data)
+            pieces.append(data)
+            self._in_segment += count
+            self.position += count
+            size -= count
+        self._close_finished()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _close_finished(self) -> None:
+        """Compare the CRC32C of each range read to its end (empty ones included), and move past it."""
+        while self._segment < len(self.segments) and self._in_segment == self.segments[self._segment][0].size:
+            part, self.path = self.segments[self._segment]
+            if self.crc_check and mask(self._crc) != part.crc32c:
+                raise ChecksumMismatch(unmask(part.crc32c), self._crc)
+            self._segment += 1
+            self._in_segment = 0
+            self._crc = 0
 
     def finish(self) -> None:
-        """Read what no chunk needed (rows a slice drops) for the CRC32C, then compare it."""
+        """Read what no chunk needed (rows a slice drops) for the CRC32C, and compare the last ranges'."""
         if not self.crc_check:
             return
-        while self.position < self.entry.size:
-            self._take(min(READ_PIECE, self.entry.size - self.position))
-        if mask(self.crc) != self.entry.crc32c:
-            raise ChecksumMismatch(unmask(self.entry.crc32c), self.crc)
+        while self.position < self.size:
+            self._take(min(READ_PIECE, self.size - self.position))
+        self._close_finished()
 
 
 class _Fill:
@@ -190,8 +223,8 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
                   crc_check: bool = True, allow_nonfinite: bool = True) -> Iterator[np.ndarray]:
     """The output tensor in C-order chunks of ``rows`` rows; raises before its end on bad input."""
     entry = chunk_plan.entry
-    streams = [_InputRows(source, shard, chunk_plan.row_elements, crc_check)
-               for source, shard in zip(chunk_plan.inputs, shards.for_inputs(chunk_plan.inputs))]
+    streams = [_InputRows(source, files, chunk_plan.row_elements, crc_check)
+               for source, files in zip(chunk_plan.inputs, shards.for_inputs(chunk_plan.inputs))]
     pending: list[Future] = []
     try:
         stage_rows = [chunk_plan.rows]  # rows after each step

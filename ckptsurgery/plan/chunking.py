@@ -17,8 +17,10 @@ the plan and the inputs' index entries, before any data is read:
   before): a merge method that needs every element at once (``slerp``,
   ``ties``, ``dare``), a resize of an inner axis, a pad with ``init=mean``
   (the mean runs over the whole first axis);
-* **falls back** to TensorFlow for the input's sake: a V1 source, a
-  partitioned input, a string or variant dtype, a big-endian machine (the
+* **falls back** to TensorFlow for the input's sake: a V1 source, a TF1
+  variable partitioned along an inner axis (one partitioned along its first
+  axis is read part after part: its parts' bytes, in order, are the
+  tensor's), a string or variant dtype, a big-endian machine (the
   bundle's own byte order is checked when its index is parsed:
   :mod:`ckptsurgery.io.index` refuses big-endian bundles).
 
@@ -52,10 +54,21 @@ PLAIN_DTYPES = frozenset(KNOWN - {"string"})
 
 @dataclass(frozen=True)
 class ChunkInput:
-    """One input of a chunked entry: its index entry and the data shard holding its bytes."""
+    """One input of a chunked entry: its index entry and the data shard holding its bytes.
+
+    A TF1 variable partitioned along its first axis is read part after part:
+    ``parts`` lists each part's slice entry and data shard in row order (its
+    bytes, concatenated, are the whole tensor's); empty for a plain tensor.
+    """
 
     entry: IndexEntry
     path: str
+    parts: tuple[tuple[IndexEntry, str], ...] = ()
+
+    @property
+    def segments(self) -> tuple[tuple[IndexEntry, str], ...]:
+        """``(entry, data shard)`` of each byte range holding the tensor, in order."""
+        return self.parts or ((self.entry, self.path),)
 
 
 @dataclass(frozen=True)
@@ -93,13 +106,18 @@ def verdict(plan: "Plan", entry: "OutputEntry") -> Verdict:
         stored = index.entries.get(ref.name)
         if stored is None:
             return Verdict(FALLBACK, "not in the source index")
-        if stored.slices:
-            return Verdict(FALLBACK, "partitioned input")
         if dtype_name(stored.dtype) not in PLAIN_DTYPES:
             return Verdict(FALLBACK, f"{dtype_name(stored.dtype)} dtype")
-        if stored.size != stored.num_elements * dtype_itemsize(stored.dtype):
-            return Verdict(FALLBACK, "stored size is not elements x item size")
-        inputs.append(ChunkInput(stored, index.data_path(stored.shard_id)))
+        parts: tuple[tuple[IndexEntry, str], ...] = ()
+        if stored.slices:
+            ordered = _row_parts(stored, index.slice_entries.get(ref.name, ()))
+            if ordered is None:
+                return Verdict(FALLBACK, "partitioned along an inner axis")
+            parts = tuple((part, index.data_path(part.shard_id)) for part in ordered)
+        for part in [entry for entry, _ in parts] or [stored]:
+            if part.size != part.num_elements * dtype_itemsize(stored.dtype):
+                return Verdict(FALLBACK, "stored size is not elements x item size")
+        inputs.append(ChunkInput(stored, index.data_path(stored.shard_id), parts))
     shapes = {tuple(i.entry.shape) for i in inputs}
     if len(shapes) != 1:
         return Verdict(WHOLE, "inputs differ in shape")
@@ -129,3 +147,27 @@ def verdict(plan: "Plan", entry: "OutputEntry") -> Verdict:
         rows, row_shape = math.prod(shape), ()
     chunk_plan = ChunkPlan(entry, tuple(inputs), rows, math.prod(row_shape), row_shape)
     return Verdict(CHUNKED, "", chunk_plan)
+
+
+def _row_parts(full: IndexEntry, parts: tuple[IndexEntry, ...]) -> list[IndexEntry] | None:
+    """The parts of a partitioned variable in row order, when they split its first axis only (else None).
+
+    Then the parts' bytes, one after the other, are the whole tensor's C-order bytes.
+    """
+    shape = tuple(full.shape)
+    if not shape or not parts:
+        return None
+    ordered = sorted(parts, key=lambda part: part.slices[0][0][0] if part.slices and part.slices[0] else 0)
+    row = 0
+    for part in ordered:
+        if not part.slices or len(part.slices[0]) != len(shape):
+            return None
+        (start, length), *inner = part.slices[0]
+        if start != row or length < 0:
+            return None
+        if any(not (s == 0 and n in (-1, size)) for (s, n), size in zip(inner, shape[1:])):
+            return None
+        if tuple(part.shape) != (length, *shape[1:]):
+            return None
+        row += length
+    return ordered if row == shape[0] else None
