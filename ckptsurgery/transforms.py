@@ -79,19 +79,34 @@ def resize(
 
 
 def make_fill(shape, dtype, init: str, seed: int, tensor_name: str, kept: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng([seed, zlib.crc32(tensor_name.encode())])
     kind, _, arg = init.partition(":")
     if kind == "zeros":
         return np.zeros(shape, dtype=dtype) if dtype != np.object_ else np.full(shape, b"", dtype=object)
-    if kind == "normal":
-        return rng.normal(0.0, float(arg or 0.02), size=shape).astype(dtype)
-    if kind == "uniform":
-        limit = float(arg or 0.05)
-        return rng.uniform(-limit, limit, size=shape).astype(dtype)
+    if kind in ("normal", "uniform"):
+        return random_fill(fill_rng(seed, tensor_name), init, shape).astype(dtype)
     if kind == "mean":
         mean = kept.astype(np.float64).mean(axis=0) if kept.size else 0.0
         return np.broadcast_to(np.asarray(mean), shape).astype(dtype).copy()
     raise ValueError(f"unknown init {init!r}")
+
+
+def fill_rng(seed: int, tensor_name: str) -> np.random.Generator:
+    """The generator of a random fill: seeded by the rule's seed and the tensor name, so reruns agree."""
+    return np.random.default_rng([seed, zlib.crc32(tensor_name.encode())])
+
+
+def random_fill(rng: np.random.Generator, init: str, size) -> np.ndarray:
+    """``size`` float64 draws of a ``normal``/``uniform`` fill, in C order.
+
+    The generator draws element after element, so successive calls continue
+    one sequence: a fill drawn in pieces (the chunked path,
+    :mod:`ckptsurgery.execute.chunked`) equals the fill drawn whole.
+    """
+    kind, _, arg = init.partition(":")
+    if kind == "normal":
+        return rng.normal(0.0, float(arg or 0.02), size=size)
+    limit = float(arg or 0.05)
+    return rng.uniform(-limit, limit, size=size)
 
 
 INITS = ("zeros", "normal:STD", "uniform:LIMIT", "mean")

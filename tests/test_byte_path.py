@@ -132,9 +132,12 @@ def test_switch_in_the_environment_forces_the_tf_path(tf1_ckpt, tmp_path, monkey
 def test_dry_run_says_which_tensors_move_as_bytes(tf1_ckpt, tmp_path):
     plan = cs.edit(tf1_ckpt, tmp_path / "o" / "m", [cs.Cast("float32", "float16", "^encoder/dense/kernel$")],
                    dry_run=True)
-    # The kernel and its two Adam slots (which follow their variable) are computed; the rest move as bytes.
-    assert "byte path: 14 tensors copied as bytes, 3 decoded through TensorFlow (3 computed)" in plan.render()
-    assert plan.to_json()["byte_path"] == {"enabled": True, "bytes": 14, "decoded": {"computed": 3}}
+    # The kernel and its two Adam slots (which follow their variable) are computed, in chunks from their
+    # bytes; the rest move as bytes.
+    assert ("byte path: 14 tensors copied as bytes, 3 computed chunk by chunk from bytes, 0 decoded through "
+            "TensorFlow") in plan.render()
+    assert "encoder/dense/kernel  float16[4, 8]" in plan.render() and "[chunked]" in plan.render()
+    assert plan.to_json()["byte_path"] == {"enabled": True, "bytes": 14, "chunked": 3, "decoded": {}}
     off = cs.copy(tf1_ckpt, tmp_path / "o" / "m", dry_run=True, byte_path=False)
     assert off.to_json()["byte_path"]["enabled"] is False
     assert "byte path: off" in off.render()

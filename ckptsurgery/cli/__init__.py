@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ckptsurgery", formatter_class=Formatter,
         description="Graph-free surgery on TensorFlow checkpoints, in bounded memory.\n\n"
                     "Reads tensors straight from .index/.data files and rewrites them by name, without the\n"
-                    "model's code. Unchanged tensors move as CRC32C-checked bytes; changed ones are decoded\n"
-                    "and encoded by TensorFlow's own ops, in shards no larger than a memory budget.\n"
+                    "model's code. Unchanged tensors move as CRC32C-checked bytes; casts, resizes and averages\n"
+                    "are computed from bytes chunk by chunk; the rest are decoded and encoded by TensorFlow's\n"
+                    "own ops, in shards no larger than a memory budget.\n"
                     "Inputs are never modified; outputs appear atomically.\n\n"
                     "Every path may be a URL, for inputs and outputs alike: gs://bucket/run/model.ckpt, or any\n"
                     "filesystem TensorFlow's tf.io.gfile knows (hdfs://, s3:// with its plugin, ram://);\n"

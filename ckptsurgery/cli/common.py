@@ -35,7 +35,8 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
 
     g.add_argument("--memory-budget", default=default(DEFAULT_MEMORY_BUDGET), metavar="SIZE",
                    help=f"bytes of tensors held per shard group, e.g. 512MB or 2GiB (default {DEFAULT_MEMORY_BUDGET}); "
-                        "peak memory is about (workers+1) x this plus the largest tensor")
+                        "peak memory is about (workers+1) x this plus the largest tensor held whole "
+                        "(chunked tensors take about one budget)")
     g.add_argument("--workers", type=int, default=default(1), metavar="N", help="shard groups saved in parallel (default 1)")
     g.add_argument("--force", action="store_true", default=default(False),
                    help="replace an existing checkpoint at the destination")
@@ -47,8 +48,9 @@ def add_write_options(p: argparse.ArgumentParser, *, only_when_given: bool = Fal
                    help="check the CRC32C of every tensor copied unchanged (default); --no-crc-check is faster: "
                         "corruption is carried, never created, and stays detectable by `verify`")
     g.add_argument("--byte-path", dest="byte_path", action=argparse.BooleanOptionalAction, default=default(None),
-                   help="copy unchanged tensors as bytes (default, unless CKPTSURGERY_BYTE_PATH=0); "
-                        "--no-byte-path (or --tf-path) decodes every tensor through TensorFlow")
+                   help="copy unchanged tensors as bytes and compute casts, first-axis resizes and "
+                        "linear/task_arithmetic merges chunk by chunk from bytes (default, unless "
+                        "CKPTSURGERY_BYTE_PATH=0); --no-byte-path (or --tf-path) decodes every tensor through TensorFlow")
     g.add_argument("--tf-path", dest="byte_path", action="store_const", const=False, default=default(None),
                    help=argparse.SUPPRESS)  # the name the byte-path docs use; same as --no-byte-path
     add_cluster_options(g, default(None))

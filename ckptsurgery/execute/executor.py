@@ -6,7 +6,9 @@ unchanged tensors in one ``RestoreV2`` call per source, as TF tensors that
 go to ``SaveV2`` without a numpy copy; the others through :func:`produce`)
 and handed to the writer as one group, which a worker saves while the next
 batch is read.  Memory is set by the budget and the largest tensor, never
-by the model.
+by the model.  On the byte path, unchanged tensors are copied as bytes and
+computed ones that allow it are computed chunk by chunk from their inputs'
+bytes (:mod:`ckptsurgery.execute.chunked`), in about one budget whatever their size.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from ..io.fs import cache as readahead
 from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
+from ..plan.byte_path import chunk_plans
+from .chunked import InputShards, write_chunked
 from ..transforms import apply_steps
 from ..values import same_bits
 from ..io.shard_writer import ShardWriter, resolve_destination
@@ -215,6 +219,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     prefix = resolve_destination(dest, [c.prefix for c in plan.sources.values()], force=options.force)
     byte_path = byte_path_enabled(options.byte_path)
     raw = {e.name: r for e in plan.entries if byte_path and (r := raw_tensor(plan, e)) is not None}
+    chunked = chunk_plans(plan) if byte_path else {}
     graph_raw = object_graph_raw(plan) if byte_path else None
     graph_bytes = None
     if plan.object_graph is not None:
@@ -235,6 +240,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             verify_values(plan, merged_prefix)
 
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
+    chunk_shards = InputShards()
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
@@ -248,11 +254,15 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
-                decoded = [e for e in batch if e.name not in raw]
+                decoded = [e for e in batch if e.name not in raw and e.name not in chunked]
                 inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
                 for entry in batch:
                     if entry.name in raw:
                         writer.add_raw(entry.name, raw[entry.name])
+                        continue
+                    if entry.name in chunked:
+                        write_chunked(plan, chunked[entry.name], writer, readers, chunk_shards,
+                                      allow_nonfinite=options.allow_nonfinite)
                         continue
                     parts = saved_parts(plan, entry)
                     if parts:
@@ -283,6 +293,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             published = writer.finish()
     finally:
         readers.shutdown(wait=True)
+        chunk_shards.close()
         bar.close()
     return WriteResult(published, len(expected), plan.nbytes_out, [r.name for r in plan.dropped])
 

@@ -153,6 +153,14 @@ def dtype_name(dtype: int) -> str:
     return f"unknown dtype {dtype}"
 
 
+def dtype_enum(name: str) -> int:
+    """The DataType enum value of a dtype name (``"float32"`` -> 1), for entries we write ourselves."""
+    for value, (known, _) in _DTYPES.items():
+        if known == name:
+            return value
+    raise ValueError(f"unknown dtype {name!r}")
+
+
 def dtype_itemsize(dtype: int) -> int:
     """Bytes per element on disk; 0 for string/variant/resource."""
     return _DTYPES[dtype][1]

@@ -34,7 +34,7 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -44,7 +44,8 @@ from ..dtypes import dtype_name_of_array
 from ..errors import BadCheckpointError, CkptSurgeryError, OutputError, first_line
 from .index import IndexEntry, data_filename, encode_slice_key, read_index
 from .index_writer import write_index
-from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes
+from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes, crc32c_extend
+from .table import mask
 from .fileio import DONTNEED, advise
 from ..options import DEFAULT_MEMORY_BUDGET
 from .fileio import is_disk_full
@@ -222,6 +223,15 @@ class ShardWriter:
         """Write a tensor we encoded ourselves (``entry`` gives dtype, shape, size and CRC32C)."""
         self._claim(name)
         self._raw_groups().add_encoded(name, entry, data)
+
+    def add_stream(self, name: str, entry: "IndexEntry", chunks: "Iterable[np.ndarray]") -> None:
+        """Write a tensor computed chunk by chunk (see :mod:`ckptsurgery.execute.chunked`).
+
+        ``entry`` gives dtype, shape and size; the chunks are C-order pieces of
+        the tensor, written as they come, their CRC32C extended chunk by chunk.
+        """
+        self._claim(name)
+        self._raw_groups().add_stream(name, entry, chunks)
 
     def _claim(self, name: str) -> None:
         if (name, "") in self._names:
@@ -412,6 +422,24 @@ class RawGroups:
             raise _write_error(self.writer.dest_prefix, exc) from None
         self.entries[self._group].append(replace(entry, name=name, key=name.encode("utf-8"),
                                                  shard_id=self._group, offset=offset, size=len(data)))
+
+    def add_stream(self, name: str, entry: "IndexEntry", chunks: "Iterable[np.ndarray]") -> None:
+        out = self._output_for(entry.size)
+        offset, crc = out.size, 0
+        for chunk in chunks:
+            data = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)
+            crc = crc32c_extend(crc, data)
+            try:
+                out.write(data)
+            except OSError as exc:
+                raise _write_error(self.writer.dest_prefix, exc) from None
+            self.writer._on_written(data.size)
+            del chunk, data  # free this chunk before the next is computed
+        if out.size - offset != entry.size:
+            raise OutputError(f"{self.writer.dest_prefix}: tensor {name!r}: computed {out.size - offset} bytes, "
+                              f"expected {entry.size}; nothing published")
+        self.entries[self._group].append(replace(entry, name=name, key=name.encode("utf-8"), shard_id=self._group,
+                                                 offset=offset, crc32c=mask(crc)))
 
     def close_group(self) -> None:
         """Finish the open raw group: its shard is complete (the ``group-saved`` moment)."""

@@ -6,8 +6,10 @@ already a valid encoding of the output tensor, with their CRC32C in the
 index entry, so the executor copies them as byte ranges
 (:mod:`ckptsurgery.io.bytecopy`) and carries their entry into the index it
 writes (:mod:`ckptsurgery.io.index_writer`): dtype, shape and CRC32C kept, name,
-shard and offset new.  Computed tensors (cast, resize, merge methods) still go
-through ``RestoreV2``/``SaveV2``.
+shard and offset new.  Computed tensors (cast, resize, merge methods) are
+computed chunk by chunk from their inputs' bytes where the steps allow
+(:mod:`.chunking`, :mod:`ckptsurgery.execute.chunked`), else decoded through
+``RestoreV2``/``SaveV2``.
 
 An entry moves as bytes when the plan marks it pass-through
 (:attr:`~ckptsurgery.plan.entries.OutputEntry.passthrough`), its input is a V2 bundle
@@ -29,6 +31,7 @@ from ..io.bytecopy import (ChecksumMismatch, RawTensor, ShardInput, SourceReadEr
                            encode_string_tensor)
 from ..io.index import DT_STRING, DT_VARIANT, IndexEntry, dtype_name
 from ..io.reader import OBJECT_GRAPH_KEY
+from .chunking import CHUNKED, WHOLE, ChunkPlan, verdict
 
 if TYPE_CHECKING:  # the plan asks this module how it will be written (Plan.render), so no import back at run time
     from .entries import OutputEntry, Plan
@@ -45,17 +48,34 @@ def byte_path_enabled(option: bool | None = None) -> bool:
 
 def raw_tensor(plan: Plan, entry: OutputEntry) -> RawTensor | None:
     """The byte ranges ``entry`` can be copied from, or None when it must be decoded."""
-    return _classify(plan, entry)[0]
+    return _classify(plan, entry)[0] if entry.passthrough else None
 
 
 def decode_reason(plan: Plan, entry: OutputEntry) -> str | None:
-    """Why ``entry`` is decoded through TensorFlow (None: it moves as bytes)."""
+    """Why ``entry`` is decoded through TensorFlow (None: it is read as bytes: copied, or computed in chunks)."""
     return _classify(plan, entry)[1]
+
+
+def chunk_plans(plan: Plan) -> dict[str, ChunkPlan]:
+    """The computed entries produced chunk by chunk from byte ranges (see :mod:`.chunking`), by output name."""
+    return {e.name: v.chunk_plan for e in plan.entries
+            if not e.passthrough and (v := verdict(plan, e)).chunk_plan is not None}
+
+
+def entry_note(plan: Plan, entry: OutputEntry) -> str:
+    """For ``--dry-run``'s line of a computed entry: chunked, held whole (why) or decoded through TF (why)."""
+    if entry.passthrough:
+        return ""
+    found = verdict(plan, entry)
+    if found.kind == CHUNKED:
+        return "chunked"
+    return found.describe() + ("" if found.kind == WHOLE else ", decoded through TensorFlow")
 
 
 def _classify(plan: Plan, entry: OutputEntry) -> tuple[RawTensor | None, str | None]:
     if not entry.passthrough:
-        return None, "computed"
+        found = verdict(plan, entry)
+        return None, None if found.kind == CHUNKED else f"computed, {found.describe()}"
     ref = entry.inputs[0]
     index = plan.sources[ref.source].bundle_index
     if index is None:
@@ -72,18 +92,21 @@ def _classify(plan: Plan, entry: OutputEntry) -> tuple[RawTensor | None, str | N
 
 
 def summary(plan: Plan, option: bool | None = None) -> dict:
-    """For ``--dry-run --json``: is the byte path on, how many tensors move as bytes, why the rest are decoded."""
+    """For ``--dry-run --json``: is the byte path on, how many tensors are copied as bytes, how many
+    computed chunk by chunk from bytes, why the rest are decoded."""
     if not byte_path_enabled(option):
-        return {"enabled": False, "bytes": 0, "decoded": {"byte path off": len(plan.entries)}}
+        return {"enabled": False, "bytes": 0, "chunked": 0, "decoded": {"byte path off": len(plan.entries)}}
     reasons: dict[str, int] = {}
-    raw = 0
+    raw = chunked = 0
     for entry in plan.entries:
         reason = decode_reason(plan, entry)
-        if reason is None:
+        if reason is None and entry.passthrough:
             raw += 1
+        elif reason is None:
+            chunked += 1
         else:
             reasons[reason] = reasons.get(reason, 0) + 1
-    return {"enabled": True, "bytes": raw, "decoded": dict(sorted(reasons.items()))}
+    return {"enabled": True, "bytes": raw, "chunked": chunked, "decoded": dict(sorted(reasons.items()))}
 
 
 def describe(plan: Plan, option: bool | None = None) -> str:
@@ -93,8 +116,8 @@ def describe(plan: Plan, option: bool | None = None) -> str:
         return f"byte path: off ({ENV_SWITCH}=0 or --no-byte-path): every tensor is decoded through TensorFlow"
     decoded = sum(counts["decoded"].values())
     why = "; ".join(f"{count} {reason}" for reason, count in counts["decoded"].items())
-    return (f"byte path: {counts['bytes']} tensors copied as bytes, {decoded} decoded through TensorFlow"
-            + (f" ({why})" if why else ""))
+    return (f"byte path: {counts['bytes']} tensors copied as bytes, {counts['chunked']} computed chunk by chunk "
+            f"from bytes, {decoded} decoded through TensorFlow" + (f" ({why})" if why else ""))
 
 
 def object_graph_raw(plan: Plan) -> RawTensor | None:

@@ -134,7 +134,7 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "sources": {alias: ckpt.prefix for alias, ckpt in self.sources.items()},
-            "entries": [e.to_json() for e in self.entries],
+            "entries": [_entry_json(self, e) for e in self.entries],
             "dropped": [{"source": r.source, "name": r.name} for r in self.dropped],
             "object_graph": self.object_graph.source if self.object_graph else None,
             "tensors_out": len(self.entries),
@@ -145,7 +145,10 @@ class Plan:
 
     def render(self) -> str:
         """A table for ``--dry-run``: each output, where it comes from, what changes."""
+        from .byte_path import byte_path_enabled, entry_note
+
         single_source = len(self.sources) == 1
+        byte_path_on = byte_path_enabled(self.byte_path)
         lines = []
         for e in self.entries:
             origin = ", ".join(
@@ -160,6 +163,8 @@ class Plan:
                 change += f"  [{infos[0].dtype}{list(infos[0].shape)} -> {e.dtype}{list(e.shape)}]"
             if e.note:
                 change += f"  ({e.note})"
+            if byte_path_on and not e.passthrough:
+                change += f"  [{entry_note(self, e)}]"
             lines.append(f"  {e.name}  {e.dtype}{list(e.shape)}  {format_size(e.nbytes_out)}{change}")
         for ref in self.dropped:
             lines.append(f"- {ref.name if single_source else f'{ref.source}:{ref.name}'}  (dropped)")
@@ -174,6 +179,16 @@ class Plan:
             f"{format_size(self.nbytes_in)} read, {format_size(self.nbytes_out)} written"
         )
         return "\n".join(display_name(line) for line in lines)  # one line per entry: names are input
+
+
+def _entry_json(plan: Plan, entry: OutputEntry) -> dict:
+    """An entry for ``--json``; a computed one says how, on the byte path (chunked, held whole, falls back)."""
+    from .byte_path import byte_path_enabled, entry_note
+
+    out = entry.to_json()
+    if not entry.passthrough and byte_path_enabled(plan.byte_path):
+        out["computed"] = entry_note(plan, entry)
+    return out
 
 
 def _byte_path_summary(plan: Plan) -> dict:
