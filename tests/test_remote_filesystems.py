@@ -377,14 +377,17 @@ def test_file_url_is_the_plain_path_on_the_cli(tf1_ckpt, tmp_path):
 # -- read-ahead: remote inputs are read in parallel, a batch ahead ---------------------------------------
 def test_average_of_remote_checkpoints_takes_later_batches_from_the_read_ahead(tiny_ram, monkeypatch):
     taken = []
-    real_take = readahead.take
 
-    def counting_take(path, offset, size):
-        data = real_take(path, offset, size)
-        taken.append(data is not None)
-        return data
+    def counting(real):
+        def counted(path, offset, size):
+            data = real(path, offset, size)
+            taken.append(data is not None)
+            return data
+        return counted
 
-    monkeypatch.setattr(readahead, "take", counting_take)
+    # Whole ranges (byte copies, TF-path reads) are taken; averaged tensors are read chunk by chunk.
+    monkeypatch.setattr(readahead, "take", counting(readahead.take))
+    monkeypatch.setattr(readahead, "read_slice", counting(readahead.read_slice))
     prefixes = [tiny_ram[k][0] for k in "abc"]
     # A budget of a few tensors: several batches, each fetched while the previous one is averaged.
     out = average(prefixes, ram("ahead") + "/ckpt", progress=False, memory_budget="200B").prefix

@@ -30,6 +30,8 @@ from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from ..io.fs import cache as readahead
 from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from ..plan.byte_path import chunk_plans
+from ..plan.chunking import ChunkPlan
+from ..io.bytecopy import RawTensor
 from .chunked import InputShards, write_chunked
 from ..transforms import apply_steps
 from ..values import same_bits
@@ -206,6 +208,48 @@ def _check_finite(entry: OutputEntry, value: Any) -> None:
         raise NonFiniteError(f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
 
 
+def write_batch(plan: Plan, batch: list[OutputEntry], writer: ShardWriter, *, raw: dict[str, RawTensor],
+                chunked: dict[str, ChunkPlan], readers: ThreadPoolExecutor, chunk_shards: InputShards,
+                allow_nonfinite: bool) -> None:
+    """Hand one batch's entries to ``writer``: byte copies, chunked computations, decoded tensors.
+
+    The one per-batch step, shared by the single-process loop (:func:`execute`) and a
+    cluster's group task (:func:`ckptsurgery.execute.tasks.run_group_task`), so the
+    same plan writes the same bytes on any engine.  ``raw`` and ``chunked`` are the
+    plan's byte-path verdicts (:func:`~ckptsurgery.plan.byte_path.raw_tensor`,
+    :func:`~ckptsurgery.plan.byte_path.chunk_plans`); everything else is read in one
+    ``RestoreV2`` call per source and, when computed, goes through :func:`produce`.
+    """
+    decoded = [e for e in batch if e.name not in raw and e.name not in chunked]
+    inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
+    for entry in batch:
+        if entry.name in raw:
+            writer.add_raw(entry.name, raw[entry.name])
+            continue
+        if entry.name in chunked:
+            write_chunked(plan, chunked[entry.name], writer, readers, chunk_shards, allow_nonfinite=allow_nonfinite)
+            continue
+        parts = saved_parts(plan, entry)
+        if parts:
+            copy_parts(plan, entry, parts, writer)
+            continue
+        if is_passthrough(entry):
+            value = inputs[entry.inputs[0]]
+        else:
+            if working_set(entry) > writer.budget:
+                writer.drain()  # a big computed tensor: its working set must not add to the groups in flight
+            computed = produce(plan, entry, inputs)
+            if not allow_nonfinite:
+                _check_finite(entry, computed)
+            # Hand SaveV2 its own copy now, so the group in flight holds no numpy
+            # buffers (a narrowed accumulator is twice the tensor's size).
+            value = to_tensor(computed)
+            del computed
+        writer.add(entry.name, value, entry.nbytes_out)
+        del value
+    del inputs
+
+
 def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = None,
             run_batches: Callable[..., None] | None = None) -> WriteResult:
     """Write ``plan`` to ``dest``; publish atomically or leave nothing behind.
@@ -254,36 +298,9 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
                     prefetch(plan, all_batches[number + 1])
-                decoded = [e for e in batch if e.name not in raw and e.name not in chunked]
-                inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
-                for entry in batch:
-                    if entry.name in raw:
-                        writer.add_raw(entry.name, raw[entry.name])
-                        continue
-                    if entry.name in chunked:
-                        write_chunked(plan, chunked[entry.name], writer, readers, chunk_shards,
-                                      allow_nonfinite=options.allow_nonfinite)
-                        continue
-                    parts = saved_parts(plan, entry)
-                    if parts:
-                        copy_parts(plan, entry, parts, writer)
-                        continue
-                    if is_passthrough(entry):
-                        value = inputs[entry.inputs[0]]
-                    else:
-                        if working_set(entry) > writer.budget:
-                            writer.drain()  # a big computed tensor: its working set must not add to the groups in flight
-                        computed = produce(plan, entry, inputs)
-                        if not options.allow_nonfinite:
-                            _check_finite(entry, computed)
-                        # Hand SaveV2 its own copy now, so the group in flight holds no numpy
-                        # buffers (a narrowed accumulator is twice the tensor's size).
-                        value = to_tensor(computed)
-                        del computed
-                    writer.add(entry.name, value, entry.nbytes_out)
-                    del value
+                write_batch(plan, batch, writer, raw=raw, chunked=chunked, readers=readers,
+                            chunk_shards=chunk_shards, allow_nonfinite=options.allow_nonfinite)
                 writer.flush()  # one batch, one group: memory is the batch read plus the group in flight
-                del inputs
             if graph_raw is not None:
                 writer.add_raw(OBJECT_GRAPH_KEY, graph_raw)
             elif graph_bytes is not None and byte_path:

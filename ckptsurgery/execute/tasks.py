@@ -36,7 +36,7 @@ from ..io.index import IndexEntry, read_index
 from ..io.publish.staging import MARKER
 from ..io.reader import Checkpoint, open_checkpoint
 from ..io.shard_writer import ShardWriter
-from ..plan.byte_path import raw_tensor
+from ..plan.byte_path import chunk_plans, raw_tensor
 from ..plan.entries import OutputEntry, Plan
 
 if TYPE_CHECKING:
@@ -188,40 +188,21 @@ def make_tasks(plan: Plan, batches: list[list[OutputEntry]], staging: str, budge
 
 def run_group_task(task: GroupTask) -> GroupManifest:
     """Run one task where it is called (a Dask worker, a thread, this process); see the module doc."""
-    from .executor import copy_parts, is_passthrough, produce, read_batch, saved_parts, to_tensor, working_set
-    from .executor import _check_finite
+    from .chunked import InputShards
+    from .executor import write_batch
 
     plan = Plan({alias: reopen(prefix) for alias, prefix in task.sources.items()}, list(task.entries))
     raw = {e.name: r for e in plan.entries if task.byte_path and (r := raw_tensor(plan, e)) is not None}
+    chunked = chunk_plans(plan) if task.byte_path else {}
     attempt = Path(task.staging) / f"task-{task.number:05d}-{uuid.uuid4().hex[:8]}"
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
+    chunk_shards = InputShards()
     try:
         with TaskWriter(attempt, Path(task.staging), memory_budget=task.memory_budget, durable=task.durable,
                         crc_check=task.crc_check) as writer:
-            # The executor's per-batch loop (execute/executor.py), for one batch.
-            decoded = [e for e in plan.entries if e.name not in raw]
-            inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
-            for entry in plan.entries:
-                if entry.name in raw:
-                    writer.add_raw(entry.name, raw[entry.name])
-                    continue
-                parts = saved_parts(plan, entry)
-                if parts:
-                    copy_parts(plan, entry, parts, writer)
-                    continue
-                if is_passthrough(entry):
-                    value = inputs[entry.inputs[0]]
-                else:
-                    if working_set(entry) > writer.budget:
-                        writer.drain()
-                    computed = produce(plan, entry, inputs)
-                    if not task.allow_nonfinite:
-                        _check_finite(entry, computed)
-                    value = to_tensor(computed)
-                    del computed
-                writer.add(entry.name, value, entry.nbytes_out)
-                del value
-            del inputs
+            write_batch(plan, plan.entries, writer, raw=raw, chunked=chunked, readers=readers,
+                        chunk_shards=chunk_shards, allow_nonfinite=task.allow_nonfinite)
             return writer.manifest(task.number)
     finally:
         readers.shutdown(wait=True)
+        chunk_shards.close()
