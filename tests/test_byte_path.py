@@ -211,23 +211,56 @@ def test_crc_check_covers_the_bytes_written(kernel, tf1_ckpt, tmp_path, monkeypa
     assert bool(copied) == (kernel == "copy_file_range")
 
 
+def test_background_check_of_a_later_piece_refuses_the_right_tensor(tf1_ckpt, tmp_path, monkeypatch):
+    """A large tensor copies in pieces, each piece's read-back CRC32C checked in the background while
+    the next copies: a byte gone wrong in its last piece is still refused, the error names that tensor
+    (not the one copying when the check finished), and nothing is published."""
+    from ckptsurgery.io import bytecopy
+
+    entry = read_index(tf1_ckpt).entries["head/kernel"]
+    monkeypatch.setattr(bytecopy, "PIECE", 16)
+    assert entry.size > 3 * 16
+    real = os.copy_file_range
+    pieces = []
+
+    def faulty_copy(src_fd, dst_fd, count, offset_src=None, offset_dst=None):
+        n = real(src_fd, dst_fd, count, offset_src, offset_dst)
+        if entry.offset <= offset_src < entry.offset + entry.size:
+            pieces.append(offset_src)
+            if offset_src + n == entry.offset + entry.size:  # head/kernel's last piece
+                os.pwrite(dst_fd, bytes([os.pread(dst_fd, 1, offset_dst)[0] ^ 0x01]), offset_dst)
+        return n
+
+    monkeypatch.setattr(os, "copy_file_range", faulty_copy)
+    out = tmp_path / "out" / "model.ckpt"
+    with pytest.raises(BadCheckpointError, match=r"head/kernel.*CRC32C"):
+        cs.copy(tf1_ckpt, out, progress=False)
+    assert len(pieces) == -(-entry.size // 16)
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
 def test_verify_catches_bytes_altered_on_the_way(tf1_ckpt, tmp_path, monkeypatch):
-    """--verify re-reads every value: bytes altered after their check are caught before publishing."""
-    from ckptsurgery.io import shard_writer as writer
+    """--verify re-reads every value: bytes altered after their check are caught before publishing.
 
-    real = writer.copy_entry_bytes
+    The read-back CRC32C checks run behind the copies; the byte is altered once
+    every check of its shard has passed (just before the shard closes)."""
+    from ckptsurgery.io.shard_writer import RawGroups
 
-    def corrupting(src, entry, dst, **kwargs):
-        offset = real(src, entry, dst, **kwargs)
-        if entry.name == "head/kernel":
-            os.pwrite(dst.fd, b"\xff", offset + 1)
-        return offset
+    real = RawGroups.wait_checks
+    altered = []
 
-    monkeypatch.setattr(writer, "copy_entry_bytes", corrupting)
+    def corrupting(self):
+        real(self)
+        for entry in self.entries.get(self._group, []):
+            if entry.name == "head/kernel" and self._out is not None:
+                os.pwrite(self._out.fd, b"\xff", entry.offset + 1)
+                altered.append(entry.name)
+
+    monkeypatch.setattr(RawGroups, "wait_checks", corrupting)
     out = tmp_path / "out" / "model.ckpt"
     with pytest.raises(OutputError, match="verification failed: tensor 'head/kernel'"):
         cs.copy(tf1_ckpt, out, progress=False, verify=True, memory_budget="200B")
-    assert list(out.parent.iterdir()) == []
+    assert altered and list(out.parent.iterdir()) == []
 
 
 # -- the index we write ----------------------------------------------------------------------------
