@@ -249,7 +249,7 @@ class ReadBackChecks:
     :meth:`wait` / :meth:`raise_failure`; later checks are skipped.
     """
 
-    def __init__(self, depth: int = 4):
+    def __init__(self, depth: int = 8):
         self._depth = depth
         self._pending: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptsurgery-crc")
