@@ -232,7 +232,9 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
             all_batches = list(batches(plan.entries, writer.budget))
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
-                    prefetch(plan, all_batches[number + 1])
+                    # Not the byte path's tensors: the kernel reads those itself, or shares their
+                    # extents (reflink) without reading; a WILLNEED hint would read them here, blocking.
+                    prefetch(plan, [e for e in all_batches[number + 1] if e.name not in raw])
                 decoded = [e for e in batch if e.name not in raw]
                 inputs = read_batch(plan, decoded, writer.budget, readers) if decoded else {}
                 for entry in batch:
