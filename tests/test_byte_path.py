@@ -369,3 +369,22 @@ def test_cli_inspect_and_dry_run_import_no_tensorflow(tf1_ckpt, tmp_path):
                                 timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "tensorflow imported: False" in result.stdout, argv
+
+
+def test_large_tensors_keep_their_block_offset_for_shared_extents(tmp_path):
+    """On XFS/btrfs copy_file_range shares blocks only between block-aligned offsets: a tensor of
+    1 MiB or more lands at its input offset modulo 4 KiB (a hole before it), so dropping a tensor
+    ahead of it does not force a real copy; small tensors stay packed; TF reads every value back."""
+    src = str(tmp_path / "in" / "model.ckpt")
+    tensors = {"a_odd": np.arange(3, dtype=np.float32), "b_drop": np.arange(2, dtype=np.float32),
+               "c_big": np.linspace(0, 1, 300_000, dtype=np.float32)}
+    tf.raw_ops.SaveV2(prefix=src, tensor_names=list(tensors), shape_and_slices=[""] * 3,
+                      tensors=[tf.constant(v) for v in tensors.values()])
+    out = tmp_path / "out" / "model.ckpt"
+    cs.edit(src, out, [cs.Drop("^b_drop$")], progress=False)
+    before, after = read_index(src).entries, read_index(str(out)).entries
+    assert before["c_big"].offset == 20 and after["c_big"].offset % 4096 == 20
+    assert after["a_odd"].offset == 0
+    got, want = tf_values(str(out)), tf_values(src)
+    assert got == {k: v for k, v in want.items() if k != "b_drop"}
+    assert not verify(str(out)).bad
