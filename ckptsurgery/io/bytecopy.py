@@ -210,7 +210,7 @@ def copy_entry_bytes(src: ShardInput, entry: IndexEntry, dst: ShardOutput, *, cr
     """
     _align_like_source(src, entry, dst)
     offset = dst.size
-    if checks is not None and crc_check:
+    if checks is not None and crc_check and entry.size >= BACKGROUND_MIN_BYTES:
         checks.raise_failure()
         if _copy_in_pieces(src, entry, dst, checks):
             return offset
@@ -241,6 +241,10 @@ def _align_like_source(src: ShardInput, entry: IndexEntry, dst: ShardOutput) -> 
     if entry.size >= SHARE_MIN_BYTES and src.device == dst.device:
         dst.size += (entry.offset - dst.size) % SHARE_BLOCK
 
+
+#: Smaller tensors are checked right after their copy: handing 200k scalars to a thread costs more
+#: than their CRC32C.
+BACKGROUND_MIN_BYTES = 1 << 20
 
 #: Bytes copied in the kernel before their read-back check is queued (see :func:`copy_entry_bytes`):
 #: small enough that the check of one piece overlaps the copy of the next within a large tensor.
