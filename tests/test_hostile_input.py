@@ -427,7 +427,13 @@ def test_entry_fast_decoder_agrees_with_protobuf_or_steps_aside(tf1_ckpt, tf2_ck
     tensors); on every real entry and on thousands of mutated ones (bit flips, truncations, bytes
     inserted), the fast decoder either gives exactly protobuf's fields or returns None, so protobuf
     still decides (and refuses) everything unusual."""
-    from ckptsurgery.io.index import _decode_entry_proto, _decode_plain_entry, _Malformed
+    from ckptsurgery.io.index import _decode_entry_proto, _decode_plain_entry, _decode_tf_entry, _Malformed
+
+    def tf_order(value):
+        try:
+            return _decode_tf_entry(value)
+        except IndexError:
+            return None
     from ckptsurgery.io.table import parse_table
 
     values = []
@@ -445,16 +451,17 @@ def test_entry_fast_decoder_agrees_with_protobuf_or_steps_aside(tf1_ckpt, tf2_ck
         else:
             v[rng.randrange(len(v) + 1):0] = bytes([rng.choice((0x08, 0x12, 0x18, 0x20, 0x28, 0x35, 0x80, 0xFF, 0))])
         mutated.append(bytes(v))
-    fast_count = 0
-    for value in values + mutated:
-        fast = _decode_plain_entry(value)
-        if fast is None:
-            continue
-        fast_count += 1
-        try:
-            slow = _decode_entry_proto(value, "t")
-        except _Malformed:
-            pytest.fail(f"fast decoder accepted what protobuf refuses: {value!r}")
-        assert fast[:7] == slow[:7] and not slow[7], value
-    assert all(_decode_plain_entry(v) is not None for v in values if b"\x3a" not in v)  # TF's own: fast
-    assert fast_count > len(values)
+    for decoder in (_decode_plain_entry, tf_order):
+        fast_count = 0
+        for value in values + mutated:
+            fast = decoder(value)
+            if fast is None:
+                continue
+            fast_count += 1
+            try:
+                slow = _decode_entry_proto(value, "t")
+            except _Malformed:
+                pytest.fail(f"{decoder.__name__} accepted what protobuf refuses: {value!r}")
+            assert fast[:7] == slow[:7] and not slow[7], value
+        assert all(decoder(v) is not None for v in values if b"\x3a" not in v)  # TF's own: fast
+        assert fast_count > len(values)

@@ -468,7 +468,12 @@ def _check_entry(
 
     # Runs once per entry (200k in real checkpoints): the common encodings decode in
     # Python without building protobuf objects; anything else goes through protobuf.
-    fields = _decode_plain_entry(value)
+    try:
+        fields = _decode_tf_entry(value)
+    except IndexError:  # cut short: the general decoders judge it
+        fields = None
+    if fields is None:
+        fields = _decode_plain_entry(value)
     if fields is None:
         fields = _decode_entry_proto(value, who)
     dt, shape, unknown_rank, shard_id, offset, size, crc, slices = fields
@@ -509,6 +514,70 @@ def _decode_entry_proto(value: bytes, who: str) -> tuple:
     dims = shape_proto.dim
     shape = tuple([d.size for d in dims]) if dims else ()
     return e.dtype, shape, shape_proto.unknown_rank, e.shard_id, e.offset, e.size, e.crc32c, e.slices
+
+
+_SHAPES: dict[bytes, tuple[int, ...] | None] = {}  # TensorShapeProto bytes -> dims (None: not plain)
+
+
+def _decode_tf_entry(value: bytes) -> tuple | None:
+    """:func:`_decode_plain_entry` for the exact field order TF writes (dtype, shape, shard_id,
+    offset, size, crc32c; zeros omitted), in straight-line code with shapes decoded once per
+    distinct encoding; None for anything else (then the general decoder runs)."""
+    n = len(value)
+    if n < 4 or value[0] != 0x08 or value[2] != 0x12 or (value[1] | value[3]) & 0x80:
+        return None
+    p = 4 + value[3]
+    if p > n:
+        return None
+    shape_bytes = value[4:p]
+    shape = _SHAPES.get(shape_bytes, False)
+    if shape is False:
+        plain = _decode_plain_entry(value[2:p])  # the shape field alone
+        shape = None if plain is None else plain[1]
+        if len(_SHAPES) < 4096:
+            _SHAPES[shape_bytes] = shape
+    if shape is None:
+        return None
+    shard_id = offset = size = 0
+    tag = value[p] if p < n else 0
+    if tag == 0x18:
+        shard_id = value[p + 1]
+        if shard_id & 0x80:
+            return None
+        p += 2
+        tag = value[p] if p < n else 0
+    if tag == 0x20:
+        p += 1
+        b = value[p]
+        offset = b & 0x7F
+        shift = 7
+        while b & 0x80:
+            if shift > 56:
+                return None
+            p += 1
+            b = value[p]
+            offset |= (b & 0x7F) << shift
+            shift += 7
+        p += 1
+        tag = value[p] if p < n else 0
+    if tag == 0x28:
+        p += 1
+        b = value[p]
+        size = b & 0x7F
+        shift = 7
+        while b & 0x80:
+            if shift > 56:
+                return None
+            p += 1
+            b = value[p]
+            size |= (b & 0x7F) << shift
+            shift += 7
+        p += 1
+        tag = value[p] if p < n else 0
+    if tag != 0x35 or p + 5 != n:
+        return None
+    crc = value[p + 1] | value[p + 2] << 8 | value[p + 3] << 16 | value[p + 4] << 24
+    return value[1], shape, False, shard_id, offset, size, crc, ()
 
 
 def _decode_plain_entry(value: bytes) -> tuple | None:
