@@ -214,23 +214,57 @@ def test_crc_check_covers_the_bytes_written(kernel, tf1_ckpt, tmp_path, monkeypa
     assert bool(copied) == (kernel == "copy_file_range")
 
 
+def test_background_check_of_a_later_piece_refuses_the_right_tensor(tf1_ckpt, tmp_path, monkeypatch):
+    """A large tensor copies in pieces, each piece's read-back CRC32C checked in the background while
+    the next copies: a byte gone wrong in its last piece is still refused, the error names that tensor
+    (not the one copying when the check finished), and nothing is published."""
+    from ckptsurgery.io import bytecopy
+
+    entry = read_index(tf1_ckpt).entries["head/kernel"]
+    monkeypatch.setattr(bytecopy, "PIECE", 16)
+    monkeypatch.setattr(bytecopy, "BACKGROUND_MIN_BYTES", 0)  # tiny tensors are checked in line otherwise
+    assert entry.size > 3 * 16
+    real = os.copy_file_range
+    pieces = []
+
+    def faulty_copy(src_fd, dst_fd, count, offset_src=None, offset_dst=None):
+        n = real(src_fd, dst_fd, count, offset_src, offset_dst)
+        if entry.offset <= offset_src < entry.offset + entry.size:
+            pieces.append(offset_src)
+            if offset_src + n == entry.offset + entry.size:  # head/kernel's last piece
+                os.pwrite(dst_fd, bytes([os.pread(dst_fd, 1, offset_dst)[0] ^ 0x01]), offset_dst)
+        return n
+
+    monkeypatch.setattr(os, "copy_file_range", faulty_copy)
+    out = tmp_path / "out" / "model.ckpt"
+    with pytest.raises(BadCheckpointError, match=r"head/kernel.*CRC32C"):
+        cs.copy(tf1_ckpt, out, progress=False)
+    assert len(pieces) == -(-entry.size // 16)
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
 def test_verify_catches_bytes_altered_on_the_way(tf1_ckpt, tmp_path, monkeypatch):
-    """--verify re-reads every value: bytes altered after their check are caught before publishing."""
-    from ckptsurgery.io import shard_writer as writer
+    """--verify re-reads every value: bytes altered after their check are caught before publishing.
 
-    real = writer.copy_entry_bytes
+    The read-back CRC32C checks run behind the copies; the byte is altered once
+    every check of its shard has passed (just before the shard closes)."""
+    from ckptsurgery.io.shard_writer import RawGroups
 
-    def corrupting(src, entry, dst, **kwargs):
-        offset = real(src, entry, dst, **kwargs)
-        if entry.name == "head/kernel":
-            os.pwrite(dst.fd, b"\xff", offset + 1)
-        return offset
+    real = RawGroups.wait_checks
+    altered = []
 
-    monkeypatch.setattr(writer, "copy_entry_bytes", corrupting)
+    def corrupting(self):
+        real(self)
+        for entry in self.entries.get(self._group, []):
+            if entry.name == "head/kernel" and self._out is not None:
+                os.pwrite(self._out.fd, b"\xff", entry.offset + 1)
+                altered.append(entry.name)
+
+    monkeypatch.setattr(RawGroups, "wait_checks", corrupting)
     out = tmp_path / "out" / "model.ckpt"
     with pytest.raises(OutputError, match="verification failed: tensor 'head/kernel'"):
         cs.copy(tf1_ckpt, out, progress=False, verify=True, memory_budget="200B")
-    assert list(out.parent.iterdir()) == []
+    assert altered and list(out.parent.iterdir()) == []
 
 
 # -- the index we write ----------------------------------------------------------------------------
@@ -339,3 +373,22 @@ def test_cli_inspect_and_dry_run_import_no_tensorflow(tf1_ckpt, tmp_path):
                                 timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "tensorflow imported: False" in result.stdout, argv
+
+
+def test_large_tensors_keep_their_block_offset_for_shared_extents(tmp_path):
+    """On XFS/btrfs copy_file_range shares blocks only between block-aligned offsets: a tensor of
+    1 MiB or more lands at its input offset modulo 4 KiB (a hole before it), so dropping a tensor
+    ahead of it does not force a real copy; small tensors stay packed; TF reads every value back."""
+    src = str(tmp_path / "in" / "model.ckpt")
+    tensors = {"a_odd": np.arange(3, dtype=np.float32), "b_drop": np.arange(2, dtype=np.float32),
+               "c_big": np.linspace(0, 1, 300_000, dtype=np.float32)}
+    tf.raw_ops.SaveV2(prefix=src, tensor_names=list(tensors), shape_and_slices=[""] * 3,
+                      tensors=[tf.constant(v) for v in tensors.values()])
+    out = tmp_path / "out" / "model.ckpt"
+    cs.edit(src, out, [cs.Drop("^b_drop$")], progress=False)
+    before, after = read_index(src).entries, read_index(str(out)).entries
+    assert before["c_big"].offset == 20 and after["c_big"].offset % 4096 == 20
+    assert after["a_odd"].offset == 0
+    got, want = tf_values(str(out)), tf_values(src)
+    assert got == {k: v for k, v in want.items() if k != "b_drop"}
+    assert not verify(str(out)).bad

@@ -288,7 +288,8 @@ def test_unexpected_exception_is_one_line_with_its_own_exit_code(tf1_ckpt, capsy
     def boom(*args, **kwargs):
         raise ZeroDivisionError("a bug of ours")
 
-    monkeypatch.setattr(cs.api, "inspect", boom)
+    # inspect's CLI takes summary_json from where api.inspect does (not loading the writing machinery)
+    monkeypatch.setattr("ckptsurgery.report.inspect.summary_json", boom)
     code, err = _run_main(capsys, "inspect", tf1_ckpt, "--json")
     assert code == EXIT_INTERNAL == 5
     assert err.strip() == "ckptsurgery: internal error: ZeroDivisionError: a bug of ours; rerun with --debug"

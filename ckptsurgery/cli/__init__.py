@@ -212,11 +212,14 @@ def _version() -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..report.inspect import render_table, render_tree
+    # api.open_checkpoint and api.inspect's summary, imported from where api takes them: the
+    # api module also loads the writing machinery, a third of inspect's start-up.
+    from ..io.reader import open_checkpoint
+    from ..report.inspect import render_table, render_tree, summary_json
 
-    ckpt = api.open_checkpoint(args.checkpoint)
+    ckpt = open_checkpoint(args.checkpoint)
     if args.json:
-        print(json.dumps(api.inspect(ckpt), indent=2))
+        print(json.dumps(summary_json(ckpt), indent=2))
     else:
         print(render_tree(ckpt, args.depth) if args.tree else render_table(ckpt))
     return EXIT_OK

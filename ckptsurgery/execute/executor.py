@@ -28,6 +28,7 @@ from ..options import check_write_options
 from ..plan.entries import OutputEntry, Plan, TensorRef
 from ..io.reader import OBJECT_GRAPH_KEY, open_checkpoint
 from ..io.fs import cache as readahead
+from ..io.fs import is_remote
 from ..plan.byte_path import byte_path_enabled, encode_object_graph, object_graph_raw, raw_tensor, read_object_graph
 from ..plan.byte_path import chunk_plans
 from ..plan.chunking import ChunkPlan
@@ -297,7 +298,11 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
                 all_batches = []
             for number, batch in enumerate(all_batches):
                 if number + 1 < len(all_batches):
-                    prefetch(plan, all_batches[number + 1])
+                    # Not the local byte path's tensors: the kernel reads those itself, or shares their
+                    # extents (reflink) without reading; a WILLNEED hint would read them here, blocking.
+                    # Remote sources keep them: there the hint is a parallel fetch into the read-ahead cache.
+                    prefetch(plan, [e for e in all_batches[number + 1]
+                                    if e.name not in raw or is_remote(plan.sources[e.inputs[0].source].prefix)])
                 write_batch(plan, batch, writer, raw=raw, chunked=chunked, readers=readers,
                             chunk_shards=chunk_shards, allow_nonfinite=options.allow_nonfinite)
                 writer.flush()  # one batch, one group: memory is the batch read plus the group in flight

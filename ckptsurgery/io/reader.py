@@ -93,6 +93,12 @@ class Checkpoint:
 
     # -- metadata -------------------------------------------------------
     def _list_tensors(self) -> dict[str, TensorInfo]:
+        from .index import no_gc_pauses
+
+        with no_gc_pauses():  # one TensorInfo per entry, no cycles: see no_gc_pauses
+            return self._list_index_tensors()
+
+    def _list_index_tensors(self) -> dict[str, TensorInfo]:
         from .index import validate_checkpoint
 
         index = validate_checkpoint(self.prefix)

@@ -44,7 +44,8 @@ from ..dtypes import dtype_name_of_array
 from ..errors import BadCheckpointError, CkptSurgeryError, OutputError, first_line
 from .index import IndexEntry, data_filename, encode_slice_key, read_index
 from .index_writer import write_index
-from .bytecopy import ChecksumMismatch, ShardInput, ShardOutput, SourceReadError, copy_entry_bytes, crc32c_extend
+from .bytecopy import (ChecksumMismatch, DeferredCheckFailure, ReadBackChecks, ShardInput, ShardOutput,
+                       SourceReadError, copy_entry_bytes, crc32c_extend)
 from .table import mask
 from .fileio import DONTNEED, advise
 from ..options import DEFAULT_MEMORY_BUDGET
@@ -375,6 +376,9 @@ class RawGroups:
         self._out: ShardOutput | None = None
         self._group = -1
         self._inputs: dict[str, ShardInput] = {}
+        #: read-back CRC32C checks running behind the copies (see copy_entry_bytes); waited for before
+        #: a group's shard closes, so nothing unchecked is ever merged or published
+        self._checks: ReadBackChecks | None = ReadBackChecks() if writer.crc_check else None
 
     def _output_for(self, size: int) -> ShardOutput:
         if self._out is not None and self._out.size and self._out.size + size > self.writer.budget:
@@ -400,18 +404,34 @@ class RawGroups:
             path = raw.index.data_path(part.shard_id)
             try:
                 out = self._output_for(part.size)
-                offset = copy_entry_bytes(self._input(path), part, out, crc_check=self.writer.crc_check)
-            except ChecksumMismatch as exc:
-                raise BadCheckpointError(path, f"tensor bytes fail their CRC32C check ({exc}): the checkpoint "
-                                               "is corrupt; nothing was published", part.describe()) from None
-            except EOFError as exc:
-                raise BadCheckpointError(path, f"{exc}: the data shard is truncated", part.describe()) from None
-            except SourceReadError as exc:
-                raise BadCheckpointError(path, str(exc), part.describe()) from None
-            except OSError as exc:  # writing the destination
-                raise _write_error(self.writer.dest_prefix, exc) from None
+                offset = copy_entry_bytes(self._input(path), part, out, crc_check=self.writer.crc_check,
+                                          checks=self._checks)
+            except DeferredCheckFailure as exc:  # an earlier tensor's bytes, checked in the background
+                raise self._copy_error(exc.source, exc.entry, exc.error) from None
+            except (ChecksumMismatch, EOFError, SourceReadError, OSError) as exc:
+                raise self._copy_error(path, part, exc) from None
             self.entries[self._group].append(replace(part, name=name, key=key, shard_id=self._group, offset=offset))
             self.writer._on_written(part.size)
+
+    def _copy_error(self, path: str, part: IndexEntry, exc: BaseException) -> CkptSurgeryError:
+        """The error for copying ``part`` from the data shard ``path`` (input at fault, or the destination)."""
+        if isinstance(exc, ChecksumMismatch):
+            return BadCheckpointError(path, f"tensor bytes fail their CRC32C check ({exc}): the checkpoint "
+                                            "is corrupt; nothing was published", part.describe())
+        if isinstance(exc, EOFError):
+            return BadCheckpointError(path, f"{exc}: the data shard is truncated", part.describe())
+        if isinstance(exc, SourceReadError):
+            return BadCheckpointError(path, str(exc), part.describe())
+        return _write_error(self.writer.dest_prefix, exc)  # writing (or reading back) the destination
+
+    def wait_checks(self) -> None:
+        """Wait for the background read-back checks; a failure becomes the error naming its tensor."""
+        if self._checks is None:
+            return
+        try:
+            self._checks.wait()
+        except DeferredCheckFailure as exc:
+            raise self._copy_error(exc.source, exc.entry, exc.error) from None
 
     def add_encoded(self, name: str, entry: "IndexEntry", data: bytes) -> None:
         try:
@@ -445,6 +465,7 @@ class RawGroups:
         """Finish the open raw group: its shard is complete (the ``group-saved`` moment)."""
         if self._out is None:
             return
+        self.wait_checks()
         path = self._out.path
         try:
             self._out.close()
@@ -457,6 +478,8 @@ class RawGroups:
 
     def close_files(self) -> None:
         """Close every file descriptor (after finishing, or on abort)."""
+        if self._checks is not None:  # its thread reads the open output: stop it first
+            self._checks.close()
         if self._out is not None:
             self._out.close()
             self._out = None

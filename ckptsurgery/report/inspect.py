@@ -7,6 +7,7 @@ from collections import defaultdict
 from ..text.display import display_name
 from ..text.sizes import format_size
 from ..text.table import table_lines
+from ..io.index import no_gc_pauses
 from ..io.reader import Checkpoint
 
 
@@ -22,8 +23,21 @@ def summary_json(ckpt: Checkpoint) -> dict:
 
 
 def render_table(ckpt: Checkpoint) -> str:
-    rows = [(display_name(t.name), t.dtype, str(list(t.shape)), format_size(t.nbytes)) for t in ckpt]
-    lines = table_lines(("name", "dtype", "shape", "size"), rows, right={3})
+    # One row per tensor (200k in real checkpoints): shapes and sizes repeat, so each
+    # distinct one is formatted once.
+    shapes: dict[tuple[int, ...], str] = {}
+    sizes: dict[int, str] = {}
+    rows = []
+    with no_gc_pauses():  # 200k row tuples, no cycles
+        for t in ckpt:
+            shape = shapes.get(t.shape)
+            if shape is None:
+                shape = shapes[t.shape] = str(list(t.shape))
+            size = sizes.get(t.nbytes)
+            if size is None:
+                size = sizes[t.nbytes] = format_size(t.nbytes)
+            rows.append((display_name(t.name), t.dtype, shape, size))
+        lines = table_lines(("name", "dtype", "shape", "size"), rows, right={3})
     lines.append(_totals(ckpt))
     return "\n".join(lines)
 
