@@ -11,7 +11,9 @@ computes and copies the entries with the same code as the single-process
 executor (:func:`~ckptsurgery.execute.executor.produce`, the byte path's
 :func:`~ckptsurgery.plan.byte_path.raw_tensor` + bytecopy, ``SaveV2``), and
 writes them into a folder of its own inside the staging folder, named
-per attempt (``task-00007-<uuid>``): a worker killed halfway leaves a
+per attempt (``task-00007-<uuid>``; for a remote destination the staging
+folder is on its store, :mod:`ckptsurgery.io.publish.store_staging`, and the
+groups are written there through gfile): a worker killed halfway leaves a
 half-written attempt that never collides with its retry, and that goes
 away with the staging folder.  It returns a :class:`GroupManifest` (each
 written data file with the index entries of what it holds: names, dtypes,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -40,6 +43,10 @@ from ..plan.entries import OutputEntry, Plan
 
 if TYPE_CHECKING:
     from ..io.bytecopy import RawTensor
+
+
+#: Seconds between two checks, while copying tensors, that a remote staging folder still exists.
+STORE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ class TaskWriter(ShardWriter):
         super().__init__(join(attempt, "part"), own_index=True, **options)
         self.attempt = attempt
         self.staging_path = staging
+        self._checked = float("-inf")  # when check_staging last passed
 
     def open(self) -> None:
         self.check_staging()
@@ -129,7 +137,12 @@ class TaskWriter(ShardWriter):
         super().flush()
 
     def add_raw(self, name: str, raw: "RawTensor") -> None:
-        self.check_staging()  # a stat per tensor; a run that ended meanwhile gets no folders re-created
+        # A stat per tensor (a run that ended meanwhile gets no folders re-created); on a remote store,
+        # where a stat is a round trip, at most one per STORE_CHECK_SECONDS.
+        now = time.monotonic()
+        if not is_remote(self.staging_path) or now - self._checked >= STORE_CHECK_SECONDS:
+            self.check_staging()
+            self._checked = now
         super().add_raw(name, raw)
 
     def manifest(self, number: int) -> GroupManifest:
