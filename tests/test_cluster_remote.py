@@ -210,3 +210,25 @@ def test_a_worker_that_cannot_see_a_store_staging_folder_fails_in_one_line(tf1_r
     assert not gfile.exists(missing)
     with pytest.raises(OutputError, match="not visible"):
         run_group_task(task)  # the same in this process
+
+
+def test_publish_from_a_store_staging_keeps_the_remote_order_and_guarantees(tf1_runs, scheduler, monkeypatch):
+    # A store error after the data shards were moved into place: undone by the run itself.
+    folder = ram("pubfail")
+    monkeypatch.setenv("CKPTSURGERY_FAULT", "fail@remote-data-uploaded")
+    with pytest.raises(OutputError, match="undone, nothing was published"):
+        cs.copy(tf1_runs[0], folder + "/model.ckpt", memory_budget=BUDGET, progress=False, scheduler=scheduler)
+    assert gfile.listdir(folder) == []
+    # A run dead right after its index was moved into place (the commit point): whole, and clean lists it.
+    faults.reset()
+    folder = ram("pubcrash")
+    out = folder + "/model.ckpt"
+    monkeypatch.setenv("CKPTSURGERY_FAULT", "crash@remote-index-uploaded")
+    with pytest.raises(faults.SimulatedCrash):
+        cs.copy(tf1_runs[0], out, memory_budget=BUDGET, progress=False, scheduler=scheduler)
+    monkeypatch.delenv("CKPTSURGERY_FAULT")
+    assert values(out) == values(tf1_runs[0])
+    assert tf.train.get_checkpoint_state(folder) is None
+    assert [a.action for a in cs.clean_actions(folder)] == ["rolled-forward", "removed-journal"]
+    assert tf.train.latest_checkpoint(folder) == out
+    assert ours(folder) == []
