@@ -3,7 +3,8 @@
 The coordinator (this process) plans, takes the destination lock, creates
 the staging folder, and submits one :class:`~ckptsurgery.execute.tasks.GroupTask`
 per batch.  Workers read the sources and write their groups into the
-staging folder (which must be on storage every worker reaches); each task
+staging folder (which must be on storage every worker reaches: beside the
+destination, on its store for a ``gs://`` one, never the local temp folder); each task
 returns a manifest of index entries.  The coordinator adopts the manifests
 in plan order, merges and publishes exactly as the single-process path does
 (:meth:`ShardWriter.finish`): workers never publish, and the coordinator

@@ -290,7 +290,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
                          durable=options.fsync, on_written=bar.update, check=check,
                          force=options.force, own_index=byte_path or run_batches is not None,
-                         crc_check=options.crc_check) as writer:
+                         crc_check=options.crc_check, stage_on_store=run_batches is not None) as writer:
             all_batches = list(batches(plan.entries, writer.budget))
             readahead.set_limit(2 * writer.budget)  # remote sources: this batch and the next, fetched ahead
             if run_batches is not None:  # e.g. each batch a task on a Dask cluster; the groups come back as manifests

@@ -11,7 +11,9 @@ computes and copies the entries with the same code as the single-process
 executor (:func:`~ckptsurgery.execute.executor.produce`, the byte path's
 :func:`~ckptsurgery.plan.byte_path.raw_tensor` + bytecopy, ``SaveV2``), and
 writes them into a folder of its own inside the staging folder, named
-per attempt (``task-00007-<uuid>``): a worker killed halfway leaves a
+per attempt (``task-00007-<uuid>``; for a remote destination the staging
+folder is on its store, :mod:`ckptsurgery.io.publish.store_staging`, and the
+groups are written there through gfile): a worker killed halfway leaves a
 half-written attempt that never collides with its retry, and that goes
 away with the staging folder.  It returns a :class:`GroupManifest` (each
 written data file with the index entries of what it holds: names, dtypes,
@@ -22,18 +24,18 @@ publishes.  A task never takes the destination lock and never publishes.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError
 from ..io.index import IndexEntry, read_index
-from ..io.publish.staging import MARKER
+from ..io.fs import filesystem, is_remote, join
+from ..io.publish.store_staging import staging_visible
 from ..io.reader import Checkpoint, open_checkpoint
 from ..io.shard_writer import ShardWriter
 from ..plan.byte_path import chunk_plans, raw_tensor
@@ -41,6 +43,10 @@ from ..plan.entries import OutputEntry, Plan
 
 if TYPE_CHECKING:
     from ..io.bytecopy import RawTensor
+
+
+#: Seconds between two checks, while copying tensors, that a remote staging folder still exists.
+STORE_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -79,16 +85,17 @@ class GroupManifest:
 
 class _AttemptFolder:
     """Stands in for :class:`~ckptsurgery.io.publish.staging.Staging` inside a task: group prefixes
-    under the attempt's own folder; removed when the attempt fails."""
+    under the attempt's own folder (a local path, or a URL on the destination's store); removed
+    when the attempt fails."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str):
         self.path = path
 
     def group_prefix(self, index: int) -> str:
-        return str(self.path / f"group-{index:05d}" / "part")
+        return join(join(self.path, f"group-{index:05d}"), "part")
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        filesystem(self.path).rmtree(self.path)
 
 
 class TaskWriter(ShardWriter):
@@ -96,15 +103,19 @@ class TaskWriter(ShardWriter):
     merging and publishing, hands back their index entries (:meth:`manifest`).  No lock: the
     coordinator holds the destination lock for the whole run."""
 
-    def __init__(self, attempt: Path, staging: Path, **options: Any):
-        super().__init__(str(attempt / "part"), own_index=True, **options)
+    def __init__(self, attempt: str, staging: str, **options: Any):
+        super().__init__(join(attempt, "part"), own_index=True, **options)
         self.attempt = attempt
         self.staging_path = staging
+        self._checked = float("-inf")  # when check_staging last passed
 
     def open(self) -> None:
         self.check_staging()
         try:
-            self.attempt.mkdir()
+            if is_remote(self.attempt):
+                filesystem(self.attempt).makedirs(self.attempt)  # on the destination's store
+            else:
+                os.mkdir(self.attempt)  # not makedirs: never re-create a staging folder that went away
         except OSError as exc:
             raise OutputError(f"{self.attempt}: cannot create the task's folder in the staging folder: "
                               f"{exc.strerror or exc}") from None
@@ -114,10 +125,11 @@ class TaskWriter(ShardWriter):
     def check_staging(self) -> None:
         """Fail with one line when this worker cannot see the run's staging folder (or it is gone:
         the run ended), so no task writes outside a folder the coordinator and ``clean`` own."""
-        if not (self.staging_path / MARKER).is_file():
+        if not staging_visible(self.staging_path):
             raise OutputError(f"{self.staging_path}: the staging folder is not visible from worker "
-                              f"{socket.gethostname()} (pid {os.getpid()}); with a cluster the destination must be "
-                              "on storage every worker reaches (a shared mount)")
+                              f"{socket.gethostname()} (pid {os.getpid()}); with a cluster the staging folder goes "
+                              "beside the destination, which every worker must reach (a shared mount, or the "
+                              "same gs:// bucket)")
 
     def flush(self) -> None:
         if self._group:
@@ -125,7 +137,12 @@ class TaskWriter(ShardWriter):
         super().flush()
 
     def add_raw(self, name: str, raw: "RawTensor") -> None:
-        self.check_staging()  # a stat per tensor; a run that ended meanwhile gets no folders re-created
+        # A stat per tensor (a run that ended meanwhile gets no folders re-created); on a remote store,
+        # where a stat is a round trip, at most one per STORE_CHECK_SECONDS.
+        now = time.monotonic()
+        if not is_remote(self.staging_path) or now - self._checked >= STORE_CHECK_SECONDS:
+            self.check_staging()
+            self._checked = now
         super().add_raw(name, raw)
 
     def manifest(self, number: int) -> GroupManifest:
@@ -194,11 +211,11 @@ def run_group_task(task: GroupTask) -> GroupManifest:
     plan = Plan({alias: reopen(prefix) for alias, prefix in task.sources.items()}, list(task.entries))
     raw = {e.name: r for e in plan.entries if task.byte_path and (r := raw_tensor(plan, e)) is not None}
     chunked = chunk_plans(plan) if task.byte_path else {}
-    attempt = Path(task.staging) / f"task-{task.number:05d}-{uuid.uuid4().hex[:8]}"
+    attempt = join(task.staging, f"task-{task.number:05d}-{uuid.uuid4().hex[:8]}")
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     chunk_shards = InputShards()
     try:
-        with TaskWriter(attempt, Path(task.staging), memory_budget=task.memory_budget, durable=task.durable,
+        with TaskWriter(attempt, task.staging, memory_budget=task.memory_budget, durable=task.durable,
                         crc_check=task.crc_check) as writer:
             write_batch(plan, plan.entries, writer, raw=raw, chunked=chunked, readers=readers,
                         chunk_shards=chunk_shards, allow_nonfinite=task.allow_nonfinite)

@@ -30,7 +30,6 @@ no TensorFlow at all when every tensor was copied as bytes.
 from __future__ import annotations
 
 import os
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +56,8 @@ from .publish.staging import Staging
 from .publish.remote import RemoteLock, publish_remote
 from .fs import absolute, basename, dirname, filesystem, is_remote, join, normalize
 from .resolve import checkpoint_files
+from .store_output import open_shard_output
+from .publish.store_staging import StoreStaging
 from ..text.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -132,8 +133,12 @@ class ShardWriter:
         force: bool = False,
         own_index: bool = False,
         crc_check: bool = True,
+        stage_on_store: bool = False,
     ):
         self.dest_prefix = absolute(dest_prefix)
+        # A remote destination's staging goes on its store (not the local temp folder) when other
+        # machines write the groups: a cluster run (see :mod:`.publish.store_staging`).
+        self.stage_on_store = stage_on_store and is_remote(self.dest_prefix)
         self.force = force  # replace a checkpoint found at the destination when publishing
         self.budget = parse_size(memory_budget)
         self.workers = max(1, int(workers))
@@ -171,7 +176,8 @@ class ShardWriter:
         self._lock.acquire()
         try:
             recover_destination(self.dest_prefix, locked=True)  # dead runs' leftovers (we hold the lock)
-            self._staging = Staging(self.dest_prefix).create()
+            self._staging = (StoreStaging(self.dest_prefix, self._lock.owner) if self.stage_on_store  # type: ignore
+                             else Staging(self.dest_prefix)).create()
         except BaseException:
             self._lock.release()
             raise
@@ -385,9 +391,8 @@ class RawGroups:
             self.close_group()
         if self._out is None:
             prefix = self.writer._new_group_prefix()
-            Path(prefix).parent.mkdir(parents=True, exist_ok=True)
             self._group = len(self.writer._prefixes) - 1
-            self._out = ShardOutput(prefix + ".data-00000-of-00001")
+            self._out = open_shard_output(prefix + ".data-00000-of-00001")  # local, or on a remote store
             self.entries[self._group] = []
         return self._out
 
@@ -499,7 +504,8 @@ def merge_groups(prefixes: list[str], raw_entries: dict[int, list[IndexEntry]], 
     groups are joined (their slices listed once), as ``MergeV2Checkpoints`` does.
     """
     total = len(prefixes)
-    Path(merged).parent.mkdir(parents=True, exist_ok=True)
+    fs = filesystem(merged)  # local; or a cluster run's staging on a remote store (server-side renames)
+    fs.makedirs(dirname(merged))
     by_key: dict[bytes, IndexEntry] = {}
 
     def put(entry: IndexEntry) -> None:
@@ -524,10 +530,10 @@ def merge_groups(prefixes: list[str], raw_entries: dict[int, list[IndexEntry]], 
             entries += [e for e in index.entries.values() if not e.has_data]
         for entry in entries:
             put(entry)
-        os.replace(data_filename(prefix, 0, 1), data_filename(merged, group, total))
+        fs.rename(data_filename(prefix, 0, 1), data_filename(merged, group, total))
     write_index(merged, total, by_key.values())
     for prefix in prefixes:
-        shutil.rmtree(Path(prefix).parent, ignore_errors=True)
+        fs.rmtree(dirname(prefix))
 
 
 def _start_writeback(prefix: str) -> None:

@@ -16,6 +16,7 @@ from .journal import JOURNAL, roll_back, RollBack, ROLLBACK_FAILED
 from .liveness import older_than, pid_alive
 from .lock import DestinationLock, LOCK_SUFFIX
 from .staging import is_our_staging, staging_owner
+from .store_staging import store_stagings
 from .statefile import remove_free_state_lock, stale_state_tmp, STATE_FILE, state_file_lock, STATE_LOCK, STATE_TMP_PREFIX, update_state_file_locked
 from ..protos import checkpoint_state_class
 from ...errors import OutputError
@@ -185,7 +186,7 @@ def clean_actions(folder: str | os.PathLike, *, only_dead: bool = True) -> list[
     return actions
 
 
-def _recover_remote(folder: str, destination: str | None, *, locked: bool) -> list[CleanAction]:
+def _recover_remote(folder: str, destination: str | None, *, locked: bool, only_dead: bool = True) -> list[CleanAction]:
     """Finish or undo dead runs' publishes on a remote store, from their journals (see :mod:`.remote`).
 
     A journal is dead when the destination's lock object no longer names its
@@ -216,6 +217,13 @@ def _recover_remote(folder: str, destination: str | None, *, locked: bool) -> li
                                    "new checkpoint completed" if outcome == "rolled-forward" else
                                    "unpublished files removed, destination as before"))
         actions.append(CleanAction("removed-journal", journal.path))
+    for path, liveness in store_stagings(folder, destination, only_dead=only_dead, locked=locked):
+        # a cluster run's staging on the store, with every task attempt (no publish needs it to recover)
+        if liveness == "live":
+            actions.append(CleanAction("skipped-live", path, "its destination is locked by a live run"))
+            continue
+        filesystem(path).rmtree(path)
+        actions.append(CleanAction("removed-staging", path))
     return actions
 
 
@@ -233,7 +241,7 @@ def _clean_remote(folder: str, only_dead: bool) -> list[CleanAction]:
         for lock_path in remote.stale_locks(folder):
             fs.remove(lock_path)
             actions.append(CleanAction("removed-lock", lock_path))
-        actions += _recover_remote(folder, None, locked=False)
+        actions += _recover_remote(folder, None, locked=False, only_dead=only_dead)
         for name in sorted(fs.listdir(folder)):
             # a small file a run was replacing (write_bytes) when it died; a live writer takes milliseconds
             if TMP_INFIX in name and time.time() - fs.mtime(join(folder, name)) > 60:

@@ -6,7 +6,8 @@ does hold everywhere: a V2 checkpoint without its ``.index`` is invisible
 to every reader, and one object write appears whole or not at all.  So the
 checkpoint is built in a *local* staging folder (the temp folder: every byte
 is then uploaded exactly once, with no server-side copies of data shards),
-and published by uploads in this order:
+and published by uploads in this order (a cluster run stages on the store
+itself, :mod:`.store_staging`, and each "upload" is then a server-side rename):
 
 0. a *journal* object ``.ckptsurgery-publish-NAME-HEX.json`` beside the
    destination (our marker: ``clean`` touches nothing without one) names the
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import faults
-from ..fs import basename, dirname, filesystem, join
+from ..fs import basename, dirname, filesystem, is_remote, join
 from ..protos import checkpoint_state_class
 from ..resolve import checkpoint_files
 from ...errors import OutputError
@@ -270,6 +271,15 @@ def _upload(local: Path, remote: str) -> None:
         writer.close()
 
 
+def _put(staged: str, remote: str) -> None:
+    """Put a staged file at ``remote``: uploaded from local staging, or moved by the store's own
+    rename when a cluster run staged it on the same store (server-side: no bytes through us)."""
+    if is_remote(staged):
+        filesystem(remote).rename(staged, remote)
+    else:
+        _upload(Path(staged), remote)
+
+
 def _renamed(name: str, old_base: str, new_base: str) -> str:
     return new_base + name[len(old_base):]
 
@@ -280,11 +290,11 @@ def publish_remote(staging, lock: RemoteLock, *, replace: bool) -> str:
     fs = filesystem(dest)
     folder = dirname(dest)
     merged = staging.merged_prefix
-    local_files = checkpoint_files(merged)
-    index = Path(merged + ".index")
-    if index not in local_files:
+    staged = [str(f) for f in checkpoint_files(merged)]  # local; or on this store (a cluster run's staging)
+    index = merged + ".index"
+    if index not in staged:
         raise OutputError(f"{staging.path}: merged checkpoint has no index; nothing published")
-    data = [f for f in local_files if f != index]
+    data = [f for f in staged if f != index]
     if checkpoint_files(dest) and not replace:
         raise OutputError(f"{dest}: a checkpoint appeared here while this run was working (another run published "
                           f"it); nothing was published; pass --force to replace it")
@@ -293,14 +303,14 @@ def publish_remote(staging, lock: RemoteLock, *, replace: bool) -> str:
     target = fresh or dest
     local_base = basename(merged)
     journal = Journal(join(folder, f"{JOURNAL_PREFIX}{basename(dest)}-{uuid.uuid4().hex[:8]}.json"), lock.owner,
-                      dest, fresh, [_renamed(f.name, local_base, basename(dest)) for f in data])
+                      dest, fresh, [_renamed(basename(f), local_base, basename(dest)) for f in data])
     journal.write()
     try:
         for f in data:
-            _upload(f, join(folder, _renamed(f.name, local_base, basename(target))))
+            _put(f, join(folder, _renamed(basename(f), local_base, basename(target))))
         faults.at("remote-data-uploaded")
         lock.check_held()
-        _upload(index, target + ".index")  # the commit point of `target`
+        _put(index, target + ".index")  # the commit point of `target`
         faults.at("remote-index-uploaded")
         if fresh is not None:
             update_state(folder, fresh, drop=(dest,))  # readers going by the state file now see the new one
