@@ -399,19 +399,23 @@ def recover_journal(journal: Journal) -> str:
     return outcome
 
 
+def names_in(folder: str) -> list[str]:
+    """The entries of ``folder`` on its filesystem, sorted; none when it does not exist (nothing to recover)."""
+    try:
+        return sorted(filesystem(folder).listdir(folder))
+    except FileNotFoundError:
+        return []
+
+
 def dead_journals(folder: str, destination: str | None = None) -> list[tuple[Journal | None, str]]:
     """Our journals in ``folder`` (for ``destination`` only, if given), with whether their run is live.
 
     Returns ``(journal, "live" | "dead")`` pairs; files named like a journal
     without our marker are not ours and are not listed.
     """
-    fs = filesystem(folder)
-    try:
-        names = fs.listdir(folder)
-    except FileNotFoundError:
-        return []
+    names = names_in(folder)
     found = []
-    for name in sorted(names):
+    for name in names:
         if not (name.startswith(JOURNAL_PREFIX) and name.endswith(".json")):
             continue
         journal = Journal.read(join(folder, name))
@@ -425,13 +429,9 @@ def dead_journals(folder: str, destination: str | None = None) -> list[tuple[Jou
 
 def stale_locks(folder: str) -> list[str]:
     """Lock objects in ``folder`` whose holder is gone (lease expired, or a dead pid on this host)."""
-    fs = filesystem(folder)
-    try:
-        names = fs.listdir(folder)
-    except FileNotFoundError:
-        return []
+    names = names_in(folder)
     stale = []
-    for name in sorted(names):
+    for name in names:
         if name.endswith(LOCK_SUFFIX):
             record = read_lock(join(folder, name))
             if record is not None and not lock_alive(record):

@@ -31,7 +31,7 @@ import time
 import uuid
 
 from ..fs import basename, dirname, filesystem, join
-from .remote import LOCK_SUFFIX, lock_alive, read_lock
+from .remote import LOCK_SUFFIX, lock_alive, names_in, read_lock
 from .staging import MARKER, STAGING_PREFIX
 from ...errors import OutputError
 
@@ -89,12 +89,8 @@ def store_stagings(folder: str, destination: str | None, *, only_dead: bool,
     dead runs'; with ``only_dead`` False every one counts as dead.
     """
     fs = filesystem(folder)
-    try:
-        names = fs.listdir(folder)
-    except FileNotFoundError:
-        return []
     found = []
-    for name in sorted(names):
+    for name in names_in(folder):
         if not name.startswith(STAGING_PREFIX):
             continue
         path = join(folder, name)
