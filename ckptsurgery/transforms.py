@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dtypes import numpy_dtype
+from .dtypes import COMPLEX, FLOATING, dtype_name_of_array, numpy_dtype
+from .errors import UsageError
 
 TransformFn = Callable[..., np.ndarray]
 TRANSFORMS: dict[str, TransformFn] = {}
@@ -49,8 +50,35 @@ def apply_steps(array: np.ndarray, steps: tuple[Step, ...], tensor_name: str) ->
 
 @register("cast")
 def cast(array: np.ndarray, *, to: str, tensor_name: str = "") -> np.ndarray:
-    """Cast to dtype ``to`` (round-to-nearest-even for bfloat16/float16)."""
-    return array.astype(numpy_dtype(to))
+    """Cast to dtype ``to`` (round-to-nearest-even for bfloat16/float16).
+
+    A float (or complex) value that is NaN, infinite or out of an integer
+    dtype's range has no defined integer: numpy's result then depends on the
+    CPU and on how many elements one call converts (SIMD or scalar loop), so
+    the same cast gave other bits chunk by chunk than whole.  Such a cast is
+    refused, naming the tensor and the value, rather than written as garbage.
+    """
+    target = numpy_dtype(to)
+    if target.kind in "iu" and dtype_name_of_array(array) in FLOATING | COMPLEX:
+        _check_fits_integer(array, target, tensor_name)
+    return array.astype(target)
+
+
+def _check_fits_integer(array: np.ndarray, target: np.dtype, tensor_name: str) -> None:
+    """Raise when a value of the float ``array`` truncates to no value of the integer ``target``."""
+    info = np.iinfo(target)
+    low, high = float(info.min), float(info.max) + 1.0  # powers of two: exact in every float dtype used
+    values = array.real if np.iscomplexobj(array) else array
+    if values.dtype.itemsize < 4:  # float16/bfloat16: compare as float32 (exact), not in the narrow type
+        values = values.astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        whole = np.trunc(values)
+        fits = np.isfinite(values) & (whole >= low) & (whole < high)
+    if not fits.all():
+        bad = values.reshape(-1)[int(np.argmin(fits.reshape(-1)))]
+        raise UsageError(f"tensor {tensor_name!r}: cast {dtype_name_of_array(array)} -> {target.name} refused: value "
+                         f"{float(bad)!r} is NaN, infinite or out of range for {target.name} (its integer would depend on "
+                         "the machine)")
 
 
 @register("resize")

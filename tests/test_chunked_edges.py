@@ -1,0 +1,91 @@
+"""Capability: the chunked computation at its edges gives what the TF path gives, or refuses it the same way.
+
+* a first-axis resize of a tensor whose rows hold no element (shape ``[3, 0]``)
+  is computed chunk by chunk like any other, equal to the TF path, and restores;
+* a float -> integer cast of NaN, Inf or an out-of-range value is refused on both
+  paths (numpy's integer for such a value depends on the CPU and on how many
+  elements one call converts, so the chunked and whole results differed), one
+  line naming the tensor, exit code 2, nothing at the destination; an in-range
+  float -> integer cast still equals the TF path bit for bit and restores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ckptsurgery as cs
+from ckptsurgery.errors import EXIT_USAGE, UsageError
+from ckptsurgery.plan.byte_path import chunk_plans
+from conftest import run_cli
+from helpers import tf_values
+
+KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
+SMALL = "48B"  # a few elements per chunk
+
+
+class Edges(tf.Module):
+    """A tensor with empty rows, floats every integer dtype holds, and floats no integer dtype holds."""
+
+    def __init__(self, empty_rows: int = 3):
+        super().__init__()
+        self.empty = tf.Variable(tf.zeros([empty_rows, 0], tf.float32))
+        self.fine = tf.Variable(tf.constant([0.0, -0.0, 0.9, -0.9, 1.9, 100.5, 127.9, 3.7] * 3))
+        self.bad = tf.Variable(tf.constant([1.0, np.nan, np.inf, -np.inf, 3e9, -3e9, 7.0] * 5))
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory) -> str:
+    return tf.train.Checkpoint(m=Edges()).save(str(tmp_path_factory.mktemp("edges") / "ckpt"))
+
+
+def both_ways(run, tmp_path) -> tuple[str, str]:
+    by_chunks, by_tf = str(tmp_path / "chunks" / "m"), str(tmp_path / "tf" / "m")
+    run(by_chunks, progress=False, memory_budget=SMALL)
+    run(by_tf, progress=False, memory_budget=SMALL, byte_path=False)
+    assert tf_values(by_chunks) == tf_values(by_tf)
+    return by_chunks, by_tf
+
+
+@pytest.mark.parametrize("rows", [5, 1, 0])
+def test_resize_of_a_tensor_with_empty_rows_is_chunked_and_equals_the_tf_path(edges, rows, tmp_path):
+    rule = cs.Resize("^m/empty/", f"{rows},*", "normal", seed=2)
+    plan = cs.edit(edges, tmp_path / "plan" / "m", [rule], dry_run=True)
+    assert f"m/empty{KEY}" in chunk_plans(plan)
+    out, _ = both_ways(lambda dest, **o: cs.edit(edges, dest, [rule], **o), tmp_path)
+    model = Edges(empty_rows=rows)
+    tf.train.Checkpoint(m=model).restore(out).assert_consumed()
+    assert model.empty.shape == (rows, 0)
+
+
+@pytest.mark.parametrize("to", ["int32", "uint8", "int64", "uint32", "int8"])
+def test_float_to_integer_cast_of_in_range_values_equals_the_tf_path(edges, to, tmp_path):
+    rule = cs.Cast("float32", to, "^m/fine/")
+    out, _ = both_ways(lambda dest, **o: cs.edit(edges, dest, [rule], **o), tmp_path)
+    expected = tf.train.load_checkpoint(edges).get_tensor(f"m/fine{KEY}").astype(to)
+    got = tf.train.load_checkpoint(out).get_tensor(f"m/fine{KEY}")
+    assert got.dtype == np.dtype(to) and got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("byte_path", [True, False])
+@pytest.mark.parametrize("to", ["uint32", "int32", "int64", "uint8"])
+def test_float_to_integer_cast_of_nan_inf_or_overflow_is_refused(edges, to, byte_path, tmp_path):
+    dest = tmp_path / "out" / "m"
+    with pytest.raises(UsageError, match=rf"tensor 'm/bad{KEY}': cast float32 -> {to} refused"):
+        cs.edit(edges, dest, [cs.Cast("float32", to, "^m/bad/")], progress=False, memory_budget=SMALL,
+                byte_path=byte_path)
+    assert not dest.parent.exists() or not os.listdir(dest.parent)
+
+
+def test_refused_cast_on_the_cli_is_one_line_exit_2_nothing_written(edges, tmp_path):
+    before = tf_values(edges)
+    dest = tmp_path / "out" / "m"
+    result = run_cli("edit", edges, dest, "--memory-budget", SMALL, "--cast", "float32:uint32", "^m/bad/")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ckptsurgery")]
+    assert len(lines) == 1 and "m/bad" in lines[0] and "refused" in lines[0] and "Traceback" not in result.stderr
+    assert not dest.parent.exists() or not os.listdir(dest.parent)
+    assert tf_values(edges) == before
