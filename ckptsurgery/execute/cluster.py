@@ -89,6 +89,9 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
     address = scheduler or os.environ.get(SCHEDULER_ENV, "")
     if not address:
         raise UsageError(f"--scheduler: no address given and ${SCHEDULER_ENV} is not set")
+    from .scheduler_probe import probe
+
+    probe(address)  # a closed port fails now, not after Client's 30 s of retries
     try:
         client = distributed.Client(address, timeout=30)
     except (OSError, TimeoutError) as exc:
