@@ -6,11 +6,13 @@
   paths (numpy's integer for such a value depends on the CPU and on how many
   elements one call converts, so the chunked and whole results differed), one
   line naming the tensor, exit code 2, nothing at the destination; an in-range
-  float -> integer cast still equals the TF path bit for bit and restores.
+  float -> integer cast still equals the TF path bit for bit and restores;
+* ``--dry-run --json`` gives each computed entry ``"compute": {"kind", "reason"}``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -89,3 +91,17 @@ def test_refused_cast_on_the_cli_is_one_line_exit_2_nothing_written(edges, tmp_p
     assert len(lines) == 1 and "m/bad" in lines[0] and "refused" in lines[0] and "Traceback" not in result.stderr
     assert not dest.parent.exists() or not os.listdir(dest.parent)
     assert tf_values(edges) == before
+
+
+def test_dry_run_json_gives_each_computed_entry_a_kind_and_a_reason(edges, tmp_path):
+    rules = [cs.Resize("^m/empty/", "5,*"), cs.Resize("^m/fine/", "30", "mean")]
+    result = run_cli("edit", edges, tmp_path / "o" / "m", "--resize", "^m/empty/", "5,*", "--resize", "^m/fine/",
+                     "30", "mean", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    entries = {e["name"]: e for e in json.loads(result.stdout)["entries"]}
+    assert entries[f"m/empty{KEY}"]["compute"] == {"kind": "chunked", "reason": None}
+    assert entries[f"m/fine{KEY}"]["compute"] == {"kind": "held whole",
+                                                  "reason": "resize init=mean needs the whole first axis"}
+    assert "compute" not in entries[f"m/bad{KEY}"]
+    off = cs.edit(edges, tmp_path / "o" / "m", rules, dry_run=True, byte_path=False).to_json()
+    assert all("compute" not in e for e in off["entries"])
