@@ -7,6 +7,8 @@
   elements one call converts, so the chunked and whole results differed), one
   line naming the tensor, exit code 2, nothing at the destination; an in-range
   float -> integer cast still equals the TF path bit for bit and restores;
+* an average of float64 tensors beyond float32's range (1e300) is finite and written, on both
+  paths (the NaN/Inf check used to look at the values narrowed to float32, where they are Inf);
 * ``--dry-run --json`` gives each computed entry ``"compute": {"kind", "reason"}``.
 """
 
@@ -105,3 +107,15 @@ def test_dry_run_json_gives_each_computed_entry_a_kind_and_a_reason(edges, tmp_p
     assert "compute" not in entries[f"m/bad{KEY}"]
     off = cs.edit(edges, tmp_path / "o" / "m", rules, dry_run=True, byte_path=False).to_json()
     assert all("compute" not in e for e in off["entries"])
+
+
+@pytest.mark.parametrize("byte_path", [True, False])
+def test_average_of_large_finite_float64_values_is_not_called_infinite(byte_path, tmp_path):
+    values = [np.array([1e300, -1e300, 3.5e38, 1.0], np.float64), np.array([3e300, 1e300, 3.5e38, 2.0], np.float64)]
+    prefixes = [tf.train.Checkpoint(w=tf.Variable(v)).save(str(tmp_path / f"in{i}" / "ckpt"))
+                for i, v in enumerate(values)]
+    out = tmp_path / "avg" / "m"
+    cs.average(prefixes, out, progress=False, memory_budget=SMALL, byte_path=byte_path)
+    restored = tf.Variable(np.zeros(4, np.float64))
+    tf.train.Checkpoint(w=restored).restore(str(out)).assert_consumed()
+    np.testing.assert_array_equal(restored.numpy(), (values[0] + values[1]) / 2)

@@ -277,7 +277,7 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
             if dtype_name_of_array(value) != entry.dtype:
                 value = value.astype(out_dtype)
             if not allow_nonfinite and entry.dtype in FLOATING and value.size \
-                    and not np.all(np.isfinite(value.astype(np.float32, copy=False))):
+                    and not np.all(np.isfinite(value if value.itemsize >= 4 else value.astype(np.float32))):
                 raise NonFiniteError(
                     f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
             yield value
