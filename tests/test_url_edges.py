@@ -1,9 +1,9 @@
 """Capability: paths that look like URLs are read as the user meant, or refused in one line before anything is written.
 
 * ``file:///x`` and ``file://localhost/x`` are the local path ``/x`` (the copy restores);
-* ``file://host/x`` (another machine) and ``file:x`` / ``file:/x`` (no URL) are
-  refused, exit 2, rather than read or written as ``./host/x`` or ``./file:x``
-  under the current folder;
+* ``file://host/x`` (another machine), ``file:x`` / ``file:/x`` (no URL) and
+  ``gs:/bucket`` (a slash missing) are refused, exit 2, rather than read or
+  written as ``./host/x``, ``./file:x`` or ``./gs:/bucket`` under the current folder;
 * an unknown scheme (``foo://x``) as a source or destination is one line naming
   the scheme, exit 2, no traceback, nothing written.
 """
@@ -35,7 +35,7 @@ def test_local_file_urls_are_the_local_path(tf1_ckpt, spelling, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
-@pytest.mark.parametrize("bad", ["file://otherhost{}", "file:{}", "file:relative/m"])
+@pytest.mark.parametrize("bad", ["file://otherhost{}", "file:{}", "file:relative/m", "gs:/bucket{}"])
 @pytest.mark.parametrize("role", ["source", "destination"])
 def test_file_urls_naming_no_local_absolute_path_are_refused(tf1_ckpt, bad, role, tmp_path):
     work = tmp_path / "cwd"
@@ -45,7 +45,7 @@ def test_file_urls_naming_no_local_absolute_path_are_refused(tf1_ckpt, bad, role
     result = run_cli(*args, cwd=str(work))
     assert result.returncode == EXIT_USAGE, result.stderr
     line = one_error_line(result)
-    assert url in line and "file" in line
+    assert url in line and ("file" in line or "gs://" in line)
     assert os.listdir(work) == [], "nothing may be written under the current folder"
     assert not (tmp_path / "out").exists()
 

@@ -28,6 +28,7 @@ __all__ = ["FileSystem", "RangeReader", "LOCAL", "filesystem", "is_remote", "nor
            "basename"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
 
 
 def normalize(path: str | os.PathLike) -> str:
@@ -35,9 +36,10 @@ def normalize(path: str | os.PathLike) -> str:
     anything else unchanged.
 
     A ``file:`` URL naming another host (``file://host/x``) or no absolute
-    path (``file:x``, ``file:/x``) is refused: taken as a plain path it would
-    read or write ``host/x`` or ``./file:x`` under the current folder, not
-    what the user meant.
+    path (``file:x``, ``file:/x``) is refused, and so is a URL with one slash
+    (``gs:/bucket/x``): taken as a plain path it would read or write
+    ``host/x``, ``./file:x`` or ``./gs:/bucket/x`` under the current folder,
+    not what the user meant.
     """
     text = os.fspath(path)
     if text.startswith("file://"):
@@ -51,6 +53,10 @@ def normalize(path: str | os.PathLike) -> str:
     if text.startswith("file:"):
         raise UsageError(f"{text}: not a file URL (write file:///absolute/path, or ./{text} for a local file "
                          "of that name)")
+    typo = _SCHEME_ONE_SLASH.match(text)
+    if typo:  # gs:/bucket/x would be written to ./gs:/bucket/x on local disk
+        raise UsageError(f"{text}: looks like a {typo.group(1)}:// URL with a slash missing (write "
+                         f"{typo.group(1)}://..., or ./{text} for a local path)")
     return text
 
 
