@@ -59,3 +59,13 @@ def test_unknown_scheme_is_one_line_exit_2(tf1_ckpt, role, tmp_path):
     line = one_error_line(result)
     assert "foo://bucket/run" in line and "'foo://'" in line
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("output", ["gs:/bucket/out/m", "file:out/m"])
+def test_recipe_paths_that_are_broken_urls_are_refused(tf1_ckpt, output, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"edit:\n  source: {tf1_ckpt}\n  rules: [{{drop: '^nothing$'}}]\noutput: '{output}'\n")
+    result = run_cli("run", recipe, cwd=str(tmp_path))
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert output in one_error_line(result)
+    assert sorted(os.listdir(tmp_path)) == ["r.yaml"]
