@@ -9,6 +9,8 @@
   float -> integer cast still equals the TF path bit for bit and restores;
 * an average of float64 tensors beyond float32's range (1e300) is finite and written, on both
   paths (the NaN/Inf check used to look at the values narrowed to float32, where they are Inf);
+* a first-axis resize of a matrix whose one row is larger than ``--memory-budget`` is
+  computed in chunks within the budget (a chunk used to be at least one row), equal to the TF path;
 * ``--dry-run --json`` gives each computed entry ``"compute": {"kind", "reason"}``.
 """
 
@@ -23,6 +25,7 @@ import tensorflow as tf
 
 import ckptsurgery as cs
 from ckptsurgery.errors import EXIT_USAGE, UsageError
+from ckptsurgery.execute import chunked
 from ckptsurgery.plan.byte_path import chunk_plans
 from conftest import run_cli
 from helpers import tf_values
@@ -119,3 +122,25 @@ def test_average_of_large_finite_float64_values_is_not_called_infinite(byte_path
     restored = tf.Variable(np.zeros(4, np.float64))
     tf.train.Checkpoint(w=restored).restore(str(out)).assert_consumed()
     np.testing.assert_array_equal(restored.numpy(), (values[0] + values[1]) / 2)
+
+
+@pytest.mark.parametrize("rows, init", [(5, "normal:0.5"), (7, "uniform"), (2, "zeros"), (6, "zeros")])
+def test_resize_of_rows_wider_than_the_budget_stays_within_it(rows, init, monkeypatch, tmp_path):
+    wide = np.random.default_rng(4).normal(size=(4, 3000)).astype(np.float32)  # 12 kB rows
+    source = tf.train.Checkpoint(w=tf.Variable(wide)).save(str(tmp_path / "in" / "ckpt"))
+    chunk_bytes: list[int] = []
+    real = chunked.output_chunks
+
+    def spy(*args, **kwargs):
+        for chunk in real(*args, **kwargs):
+            chunk_bytes.append(chunk.nbytes)
+            yield chunk
+
+    monkeypatch.setattr(chunked, "output_chunks", spy)
+    rule = cs.Resize("^w/", f"{rows},*", init, seed=1)
+    budget = 4096
+    out, _ = both_ways(lambda dest, **o: cs.edit(source, dest, [rule], **{**o, "memory_budget": budget}), tmp_path)
+    assert sum(chunk_bytes) == rows * 3000 * 4 and max(chunk_bytes) <= budget
+    restored = tf.Variable(np.zeros((rows, 3000), np.float32))
+    tf.train.Checkpoint(w=restored).restore(out).assert_consumed()
+    np.testing.assert_array_equal(restored.numpy()[: min(rows, 4)], wide[: min(rows, 4)])

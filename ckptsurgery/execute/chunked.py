@@ -33,6 +33,7 @@ ahead, the float64 accumulator and the step results fit the budget together.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -231,7 +232,7 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
         fills: dict[int, _Fill] = {}
         for number, step in enumerate(entry.steps):
             if step.op == "resize":
-                stage_rows.append(step.params["shape"][0])
+                stage_rows.append(_stage_rows(tuple(step.params["shape"]), chunk_plan))
                 fills[number] = _Fill(str(step.params.get("init", "zeros")), int(step.params.get("seed", 0)),
                                       entry.name, chunk_plan.row_shape, chunk_plan.row_elements)
             else:
@@ -295,6 +296,11 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
                     future.result()
                 except Exception:
                     pass
+
+
+def _stage_rows(shape: tuple[int, ...], chunk_plan: ChunkPlan) -> int:
+    """Rows of a stage of ``shape``: its elements when a row is one element, else its first axis."""
+    return math.prod(shape) if not chunk_plan.row_shape else shape[0]
 
 
 def _combine(plan: Plan, chunk_plan: ChunkPlan, arrays: list[np.ndarray], out_dtype: np.dtype) -> np.ndarray:
