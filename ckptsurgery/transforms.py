@@ -64,8 +64,9 @@ def cast(array: np.ndarray, *, to: str, tensor_name: str = "") -> np.ndarray:
     return array.astype(target)
 
 
-def _check_fits_integer(array: np.ndarray, target: np.dtype, tensor_name: str) -> None:
-    """Raise when a value of the float ``array`` truncates to no value of the integer ``target``."""
+def _check_fits_integer(array: np.ndarray, target: np.dtype, tensor_name: str, what: str = "") -> None:
+    """Raise when a value of the float ``array`` truncates to no value of the integer ``target``
+    (``what`` names the operation in the message; default: the cast)."""
     info = np.iinfo(target)
     low, high = float(info.min), float(info.max) + 1.0  # powers of two: exact in every float dtype used
     values = array.real if np.iscomplexobj(array) else array
@@ -76,7 +77,8 @@ def _check_fits_integer(array: np.ndarray, target: np.dtype, tensor_name: str) -
         fits = np.isfinite(values) & (whole >= low) & (whole < high)
     if not fits.all():
         bad = values.reshape(-1)[int(np.argmin(fits.reshape(-1)))]
-        raise UsageError(f"tensor {tensor_name!r}: cast {dtype_name_of_array(array)} -> {target.name} refused: value "
+        what = what or f"cast {dtype_name_of_array(array)} -> {target.name}"
+        raise UsageError(f"tensor {tensor_name!r}: {what} refused: value "
                          f"{float(bad)!r} is NaN, infinite or out of range for {target.name} (its integer would depend on "
                          "the machine)")
 
@@ -111,7 +113,9 @@ def make_fill(shape, dtype, init: str, seed: int, tensor_name: str, kept: np.nda
     if kind == "zeros":
         return np.zeros(shape, dtype=dtype) if dtype != np.object_ else np.full(shape, b"", dtype=object)
     if kind in ("normal", "uniform"):
-        return random_fill(fill_rng(seed, tensor_name), init, shape).astype(dtype)
+        draws = random_fill(fill_rng(seed, tensor_name), init, shape)
+        draws[tuple(slice(0, n) for n in kept.shape)] = 0.0  # the kept cells' draws are overwritten: not checked
+        return fill_as(draws, dtype, init, tensor_name)
     if kind == "mean":
         mean = kept.astype(np.float64).mean(axis=0) if kept.size else 0.0
         return np.broadcast_to(np.asarray(mean), shape).astype(dtype).copy()
@@ -135,6 +139,15 @@ def random_fill(rng: np.random.Generator, init: str, size) -> np.ndarray:
         return rng.normal(0.0, float(arg or 0.02), size=size)
     limit = float(arg or 0.05)
     return rng.uniform(-limit, limit, size=size)
+
+
+def fill_as(draws: np.ndarray, dtype, init: str, tensor_name: str) -> np.ndarray:
+    """A random fill's float64 draws in the tensor's dtype; for an integer tensor, a draw no integer
+    of its dtype holds (a negative one for uint, beyond the range) is refused, as a cast's is (see :func:`cast`)."""
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        _check_fits_integer(draws, target, tensor_name, f"resize fill {init} into {target.name}")
+    return draws.astype(target)
 
 
 INITS = ("zeros", "normal:STD", "uniform:LIMIT", "mean")

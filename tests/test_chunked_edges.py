@@ -11,6 +11,9 @@
   paths (the NaN/Inf check used to look at the values narrowed to float32, where they are Inf);
 * a first-axis resize of a matrix whose one row is larger than ``--memory-budget`` is
   computed in chunks within the budget (a chunk used to be at least one row), equal to the TF path;
+* a random resize fill into an integer tensor is refused when a draw fits no integer of its
+  dtype (negative for uint, beyond the range), with the same message on both paths, and written
+  equal on both when every draw fits;
 * ``--dry-run --json`` gives each computed entry ``"compute": {"kind", "reason"}``.
 """
 
@@ -144,3 +147,27 @@ def test_resize_of_rows_wider_than_the_budget_stays_within_it(rows, init, monkey
     restored = tf.Variable(np.zeros((rows, 3000), np.float32))
     tf.train.Checkpoint(w=restored).restore(out).assert_consumed()
     np.testing.assert_array_equal(restored.numpy()[: min(rows, 4)], wide[: min(rows, 4)])
+
+
+@pytest.mark.parametrize("byte_path", [True, False])
+@pytest.mark.parametrize("variable, init", [("counts", "uniform:1e12"), ("ids", "normal:3"), ("counts", "normal:1e10")])
+def test_random_fill_that_fits_no_integer_is_refused(variable, init, byte_path, tmp_path):
+    source = tf.train.Checkpoint(counts=tf.Variable(np.arange(40, dtype=np.int32).reshape(10, 4)),
+                                 ids=tf.Variable(np.arange(40, dtype=np.uint32))).save(str(tmp_path / "in" / "ckpt"))
+    dest = tmp_path / "out" / "m"
+    with pytest.raises(UsageError, match=rf"tensor '{variable}{KEY}': resize fill {init} into u?int32 refused"):
+        cs.edit(source, dest, [cs.Resize(f"^{variable}/", "400" if variable == "ids" else "40,*", init)],
+                progress=False, memory_budget=SMALL, byte_path=byte_path)
+    assert not dest.parent.exists() or not os.listdir(dest.parent)
+
+
+def test_random_fill_into_integers_that_fit_equals_the_tf_path(tmp_path):
+    source = tf.train.Checkpoint(counts=tf.Variable(np.arange(40, dtype=np.int32).reshape(10, 4)),
+                                 ids=tf.Variable(np.arange(40, dtype=np.uint8))).save(str(tmp_path / "in" / "ckpt"))
+    rules = [cs.Resize("^counts/", "30,*", "normal:100", seed=3), cs.Resize("^ids/", "90", "uniform:0.9")]
+    out, _ = both_ways(lambda dest, **o: cs.edit(source, dest, rules, **o), tmp_path)
+    counts = tf.Variable(np.zeros((30, 4), np.int32))
+    ids = tf.Variable(np.zeros(90, np.uint8))
+    tf.train.Checkpoint(counts=counts, ids=ids).restore(out).assert_consumed()
+    np.testing.assert_array_equal(counts.numpy()[:10], np.arange(40).reshape(10, 4))
+    assert np.abs(counts.numpy()[10:]).max() > 0 and not ids.numpy()[40:].any()

@@ -48,7 +48,7 @@ from ..io.shard_writer import ShardWriter
 from ..io.table import mask, unmask
 from ..plan.chunking import ChunkInput, ChunkPlan
 from ..plan.entries import Plan, TensorRef
-from ..transforms import TRANSFORMS, fill_rng, random_fill
+from ..transforms import TRANSFORMS, fill_as, fill_rng, random_fill
 from .accumulate import combine, narrow_in_place
 
 #: float64 draws per step when skipping a random fill's kept rows (8 MB)
@@ -202,6 +202,7 @@ class _Fill:
         self.init = init
         self.kind = init.partition(":")[0]
         self.rng = fill_rng(seed, tensor_name) if self.kind != "zeros" else None
+        self.tensor_name = tensor_name
         self.row_shape = row_shape
         self.row_elements = row_elements
         self.drawn = 0  # elements of the whole stage's draw consumed so far
@@ -217,7 +218,7 @@ class _Fill:
             skip -= piece
         count = (end - start) * self.row_elements
         self.drawn = end * self.row_elements
-        return random_fill(self.rng, self.init, count).astype(dtype).reshape(shape)
+        return fill_as(random_fill(self.rng, self.init, count), dtype, self.init, self.tensor_name).reshape(shape)
 
 
 def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPoolExecutor, shards: InputShards, *,
