@@ -64,23 +64,29 @@ def cast(array: np.ndarray, *, to: str, tensor_name: str = "") -> np.ndarray:
     return array.astype(target)
 
 
+#: elements checked at a time by :func:`_check_fits_integer`
+_CHECK_PIECE = 1 << 16
+
+
 def _check_fits_integer(array: np.ndarray, target: np.dtype, tensor_name: str, what: str = "") -> None:
     """Raise when a value of the float ``array`` truncates to no value of the integer ``target``
     (``what`` names the operation in the message; default: the cast)."""
     info = np.iinfo(target)
     low, high = float(info.min), float(info.max) + 1.0  # powers of two: exact in every float dtype used
-    values = array.real if np.iscomplexobj(array) else array
-    if values.dtype.itemsize < 4:  # float16/bfloat16: compare as float32 (exact), not in the narrow type
-        values = values.astype(np.float32)
-    with np.errstate(invalid="ignore"):
-        whole = np.trunc(values)
-        fits = np.isfinite(values) & (whole >= low) & (whole < high)
-    if not fits.all():
-        bad = values.reshape(-1)[int(np.argmin(fits.reshape(-1)))]
+    flat = (array.real if np.iscomplexobj(array) else array).reshape(-1)
+    for start in range(0, flat.size, _CHECK_PIECE):  # in pieces: the temporaries stay small whatever the array
+        values = flat[start:start + _CHECK_PIECE]
+        if values.dtype.itemsize < 4:  # float16/bfloat16: compare as float32 (exact), not in the narrow type
+            values = values.astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            whole = np.trunc(values)
+            fits = np.isfinite(values) & (whole >= low) & (whole < high)
+        if fits.all():
+            continue
+        bad = values[int(np.argmin(fits))]
         what = what or f"cast {dtype_name_of_array(array)} -> {target.name}"
-        raise UsageError(f"tensor {tensor_name!r}: {what} refused: value "
-                         f"{float(bad)!r} is NaN, infinite or out of range for {target.name} (its integer would depend on "
-                         "the machine)")
+        raise UsageError(f"tensor {tensor_name!r}: {what} refused: value {float(bad)!r} is NaN, infinite or "
+                         f"out of range for {target.name} (its integer would depend on the machine)")
 
 
 @register("resize")

@@ -259,7 +259,8 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
                 pending = fetch(start + rows)
                 # the row count is explicit: a row of 0 elements (shape [3, 0]) gives -1 nothing to divide
                 count = min(start + rows, chunk_plan.rows) - start
-                arrays = [np.frombuffer(d, dtype).reshape(count, *chunk_plan.row_shape) for d, dtype in zip(data, in_dtypes)]
+                arrays = [np.frombuffer(d, dtype).reshape(count, *chunk_plan.row_shape)
+                          for d, dtype in zip(data, in_dtypes)]
                 del data
                 value = _combine(plan, chunk_plan, arrays, first_dtype)
                 del arrays
