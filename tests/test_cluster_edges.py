@@ -3,7 +3,8 @@
 * ``--scheduler`` naming a port nobody listens on (or an unknown host) fails
   in about a second with one line (exit 4), where ``distributed.Client``
   alone retried for 30 seconds;
-* ``--cluster`` values other than ``local`` / ``local:N`` (N >= 1) are usage errors (exit 2);
+* ``--cluster`` values other than ``local`` / ``local:N`` (1 <= N <= 256: not a process per
+  request on one machine) are usage errors (exit 2);
 * ``--dry-run`` with ``--cluster`` plans only: no cluster is started.
 """
 
@@ -16,7 +17,8 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from ckptsurgery.errors import EXIT_IO, EXIT_USAGE  # noqa: E402
+from ckptsurgery.errors import EXIT_IO, EXIT_USAGE, UsageError  # noqa: E402
+from ckptsurgery.options import MAX_LOCAL_WORKERS, check_write_options  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from helpers import tf_values  # noqa: E402
 
@@ -66,3 +68,11 @@ def test_dry_run_with_cluster_starts_no_cluster(tf1_ckpt, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Dask cluster" not in result.stderr and "dashboard" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_local_cluster_size_is_bounded():
+    # checked on the options alone: were the bound missing, the CLI would start 100000 processes
+    assert check_write_options({"cluster": f"local:{MAX_LOCAL_WORKERS}"})["cluster"] == f"local:{MAX_LOCAL_WORKERS}"
+    for value in (f"local:{MAX_LOCAL_WORKERS + 1}", "local:100000"):
+        with pytest.raises(UsageError, match=f"option 'cluster': .*1 to {MAX_LOCAL_WORKERS}.*got '{value}'"):
+            check_write_options({"cluster": value})
