@@ -5,7 +5,9 @@
   alone retried for 30 seconds;
 * ``--cluster`` values other than ``local`` / ``local:N`` (1 <= N <= 256: not a process per
   request on one machine) are usage errors (exit 2);
-* ``--dry-run`` with ``--cluster`` plans only: no cluster is started.
+* ``--dry-run`` with ``--cluster`` plans only: no cluster is started;
+* a task's error on a local cluster is the one ``ckptsurgery: error`` line, without the
+  worker's "Compute Failed" log and traceback before it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 pytest.importorskip("distributed")
 
@@ -32,7 +36,7 @@ def closed_port() -> int:
 
 def error_line(result) -> str:
     assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("ckptsurgery")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ckptsurgery") and ": error" in line]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -76,3 +80,14 @@ def test_local_cluster_size_is_bounded():
     for value in (f"local:{MAX_LOCAL_WORKERS + 1}", "local:100000"):
         with pytest.raises(UsageError, match=f"option 'cluster': .*1 to {MAX_LOCAL_WORKERS}.*got '{value}'"):
             check_write_options({"cluster": value})
+
+
+def test_a_task_error_on_a_local_cluster_is_one_line(tmp_path):
+    source = tf.train.Checkpoint(w=tf.Variable(np.array([1.0, np.nan, 2.0], np.float32))).save(
+        str(tmp_path / "in" / "ckpt"))
+    dest = tmp_path / "out" / "m"
+    result = run_cli("edit", source, dest, "--cast", "float32:int32", "--cluster", "local:1", timeout=180)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "refused" in error_line(result)
+    assert "Compute Failed" not in result.stderr and "Exception:" not in result.stderr
+    assert no_checkpoint_written(tmp_path / "out")

@@ -80,7 +80,7 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
     if cluster is not None:
         n = local_workers(cluster)
         with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                      silence_logs=logging.ERROR) as local, distributed.Client(local) as client:
+                                      silence_logs=logging.CRITICAL) as local, distributed.Client(local) as client:
             pages = "" if importlib.util.find_spec("bokeh") else " (its status pages need: pip install bokeh)"
             print(f"ckptsurgery: local Dask cluster of {n} worker processes; dashboard {local.dashboard_link}{pages}",
                   file=sys.stderr, flush=True)
