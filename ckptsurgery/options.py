@@ -48,11 +48,17 @@ def _cluster_spec(value: Any) -> bool:
     # ``local`` or ``local:N``; a running cluster is named by ``scheduler`` instead.
     import re
 
-    return value is None or (isinstance(value, str) and re.fullmatch(r"local(:[1-9][0-9]*)?", value) is not None)
+    if value is None:
+        return True
+    match = re.fullmatch(r"local(?::([1-9][0-9]*))?", value) if isinstance(value, str) else None
+    # bounded: local:100000 would start that many processes on this machine
+    return match is not None and int(match.group(1) or 1) <= MAX_LOCAL_WORKERS
 
 
 #: Each worker holds a budget-sized group in flight, so the count bounds memory too.
 MAX_WORKERS = 64
+#: worker processes a ``--cluster local:N`` may start on this one machine
+MAX_LOCAL_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ WRITE_OPTIONS: dict[str, WriteOption] = {o.name: o for o in (
     WriteOption("byte_path", "true, false or null (on unless CKPTSURGERY_BYTE_PATH=0)",
                 lambda v: v is None or isinstance(v, bool), None,
                 "copy unchanged tensors as bytes; false decodes every tensor through TensorFlow"),
-    WriteOption("cluster", "null, local or local:N (N worker processes)", _cluster_spec, None,
+    WriteOption("cluster", f"null, local or local:N (N worker processes, 1 to {MAX_LOCAL_WORKERS})", _cluster_spec,
+                None,
                 "run the shard groups as tasks on an embedded Dask cluster (needs ckptsurgery[dask])"),
     WriteOption("scheduler", "null or a Dask scheduler address (empty: $DASK_SCHEDULER_ADDRESS)",
                 lambda v: v is None or isinstance(v, str), None,

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dtypes import numpy_dtype
+from .dtypes import COMPLEX, FLOATING, dtype_name_of_array, numpy_dtype
+from .errors import UsageError
 
 TransformFn = Callable[..., np.ndarray]
 TRANSFORMS: dict[str, TransformFn] = {}
@@ -49,8 +50,43 @@ def apply_steps(array: np.ndarray, steps: tuple[Step, ...], tensor_name: str) ->
 
 @register("cast")
 def cast(array: np.ndarray, *, to: str, tensor_name: str = "") -> np.ndarray:
-    """Cast to dtype ``to`` (round-to-nearest-even for bfloat16/float16)."""
-    return array.astype(numpy_dtype(to))
+    """Cast to dtype ``to`` (round-to-nearest-even for bfloat16/float16).
+
+    A float (or complex) value that is NaN, infinite or out of an integer
+    dtype's range has no defined integer: numpy's result then depends on the
+    CPU and on how many elements one call converts (SIMD or scalar loop), so
+    the same cast gave other bits chunk by chunk than whole.  Such a cast is
+    refused, naming the tensor and the value, rather than written as garbage.
+    """
+    target = numpy_dtype(to)
+    if target.kind in "iu" and dtype_name_of_array(array) in FLOATING | COMPLEX:
+        _check_fits_integer(array, target, tensor_name)
+    return array.astype(target)
+
+
+#: elements checked at a time by :func:`_check_fits_integer`
+_CHECK_PIECE = 1 << 16
+
+
+def _check_fits_integer(array: np.ndarray, target: np.dtype, tensor_name: str, what: str = "") -> None:
+    """Raise when a value of the float ``array`` truncates to no value of the integer ``target``
+    (``what`` names the operation in the message; default: the cast)."""
+    info = np.iinfo(target)
+    low, high = float(info.min), float(info.max) + 1.0  # powers of two: exact in every float dtype used
+    flat = (array.real if np.iscomplexobj(array) else array).reshape(-1)
+    for start in range(0, flat.size, _CHECK_PIECE):  # in pieces: the temporaries stay small whatever the array
+        values = flat[start:start + _CHECK_PIECE]
+        if values.dtype.itemsize < 4:  # float16/bfloat16: compare as float32 (exact), not in the narrow type
+            values = values.astype(np.float32)
+        with np.errstate(invalid="ignore"):
+            whole = np.trunc(values)
+            fits = np.isfinite(values) & (whole >= low) & (whole < high)
+        if fits.all():
+            continue
+        bad = values[int(np.argmin(fits))]
+        what = what or f"cast {dtype_name_of_array(array)} -> {target.name}"
+        raise UsageError(f"tensor {tensor_name!r}: {what} refused: value {float(bad)!r} is NaN, infinite or "
+                         f"out of range for {target.name} (its integer would depend on the machine)")
 
 
 @register("resize")
@@ -83,7 +119,9 @@ def make_fill(shape, dtype, init: str, seed: int, tensor_name: str, kept: np.nda
     if kind == "zeros":
         return np.zeros(shape, dtype=dtype) if dtype != np.object_ else np.full(shape, b"", dtype=object)
     if kind in ("normal", "uniform"):
-        return random_fill(fill_rng(seed, tensor_name), init, shape).astype(dtype)
+        draws = random_fill(fill_rng(seed, tensor_name), init, shape)
+        draws[tuple(slice(0, n) for n in kept.shape)] = 0.0  # the kept cells' draws are overwritten: not checked
+        return fill_as(draws, dtype, init, tensor_name)
     if kind == "mean":
         mean = kept.astype(np.float64).mean(axis=0) if kept.size else 0.0
         return np.broadcast_to(np.asarray(mean), shape).astype(dtype).copy()
@@ -107,6 +145,15 @@ def random_fill(rng: np.random.Generator, init: str, size) -> np.ndarray:
         return rng.normal(0.0, float(arg or 0.02), size=size)
     limit = float(arg or 0.05)
     return rng.uniform(-limit, limit, size=size)
+
+
+def fill_as(draws: np.ndarray, dtype, init: str, tensor_name: str) -> np.ndarray:
+    """A random fill's float64 draws in the tensor's dtype; for an integer tensor, a draw no integer
+    of its dtype holds (a negative one for uint, beyond the range) is refused, as a cast's is (see :func:`cast`)."""
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        _check_fits_integer(draws, target, tensor_name, f"resize fill {init} into {target.name}")
+    return draws.astype(target)
 
 
 INITS = ("zeros", "normal:STD", "uniform:LIMIT", "mean")

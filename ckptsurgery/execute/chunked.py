@@ -33,6 +33,7 @@ ahead, the float64 accumulator and the step results fit the budget together.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -47,7 +48,7 @@ from ..io.shard_writer import ShardWriter
 from ..io.table import mask, unmask
 from ..plan.chunking import ChunkInput, ChunkPlan
 from ..plan.entries import Plan, TensorRef
-from ..transforms import TRANSFORMS, fill_rng, random_fill
+from ..transforms import TRANSFORMS, fill_as, fill_rng, random_fill
 from .accumulate import combine, narrow_in_place
 
 #: float64 draws per step when skipping a random fill's kept rows (8 MB)
@@ -201,6 +202,7 @@ class _Fill:
         self.init = init
         self.kind = init.partition(":")[0]
         self.rng = fill_rng(seed, tensor_name) if self.kind != "zeros" else None
+        self.tensor_name = tensor_name
         self.row_shape = row_shape
         self.row_elements = row_elements
         self.drawn = 0  # elements of the whole stage's draw consumed so far
@@ -216,7 +218,7 @@ class _Fill:
             skip -= piece
         count = (end - start) * self.row_elements
         self.drawn = end * self.row_elements
-        return random_fill(self.rng, self.init, count).astype(dtype).reshape(shape)
+        return fill_as(random_fill(self.rng, self.init, count), dtype, self.init, self.tensor_name).reshape(shape)
 
 
 def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPoolExecutor, shards: InputShards, *,
@@ -231,7 +233,7 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
         fills: dict[int, _Fill] = {}
         for number, step in enumerate(entry.steps):
             if step.op == "resize":
-                stage_rows.append(step.params["shape"][0])
+                stage_rows.append(_stage_rows(tuple(step.params["shape"]), chunk_plan))
                 fills[number] = _Fill(str(step.params.get("init", "zeros")), int(step.params.get("seed", 0)),
                                       entry.name, chunk_plan.row_shape, chunk_plan.row_elements)
             else:
@@ -255,7 +257,10 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
             if start < chunk_plan.rows:
                 data = [_result(future, stream, entry.name) for future, stream in zip(pending, streams)]
                 pending = fetch(start + rows)
-                arrays = [np.frombuffer(d, dtype).reshape(-1, *chunk_plan.row_shape) for d, dtype in zip(data, in_dtypes)]
+                # the row count is explicit: a row of 0 elements (shape [3, 0]) gives -1 nothing to divide
+                count = min(start + rows, chunk_plan.rows) - start
+                arrays = [np.frombuffer(d, dtype).reshape(count, *chunk_plan.row_shape)
+                          for d, dtype in zip(data, in_dtypes)]
                 del data
                 value = _combine(plan, chunk_plan, arrays, first_dtype)
                 del arrays
@@ -275,7 +280,7 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
             if dtype_name_of_array(value) != entry.dtype:
                 value = value.astype(out_dtype)
             if not allow_nonfinite and entry.dtype in FLOATING and value.size \
-                    and not np.all(np.isfinite(value.astype(np.float32, copy=False))):
+                    and not np.all(np.isfinite(value if value.itemsize >= 4 else value.astype(np.float32))):
                 raise NonFiniteError(
                     f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
             yield value
@@ -293,6 +298,11 @@ def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPool
                     future.result()
                 except Exception:
                     pass
+
+
+def _stage_rows(shape: tuple[int, ...], chunk_plan: ChunkPlan) -> int:
+    """Rows of a stage of ``shape``: its elements when a row is one element, else its first axis."""
+    return math.prod(shape) if not chunk_plan.row_shape else shape[0]
 
 
 def _combine(plan: Plan, chunk_plan: ChunkPlan, arrays: list[np.ndarray], out_dtype: np.dtype) -> np.ndarray:

@@ -81,7 +81,7 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
     if cluster is not None:
         n = local_workers(cluster)
         with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                      silence_logs=logging.ERROR) as local, distributed.Client(local) as client:
+                                      silence_logs=logging.CRITICAL) as local, distributed.Client(local) as client:
             pages = "" if importlib.util.find_spec("bokeh") else " (its status pages need: pip install bokeh)"
             print(f"ckptsurgery: local Dask cluster of {n} worker processes; dashboard {local.dashboard_link}{pages}",
                   file=sys.stderr, flush=True)
@@ -90,6 +90,9 @@ def connect(cluster: str | None, scheduler: str | None) -> Iterator[Any]:
     address = scheduler or os.environ.get(SCHEDULER_ENV, "")
     if not address:
         raise UsageError(f"--scheduler: no address given and ${SCHEDULER_ENV} is not set")
+    from .scheduler_probe import probe
+
+    probe(address)  # a closed port fails now, not after Client's 30 s of retries
     try:
         client = distributed.Client(address, timeout=30)
     except (OSError, TimeoutError) as exc:

@@ -205,7 +205,7 @@ def _check_finite(entry: OutputEntry, value: Any) -> None:
     if entry.dtype not in FLOATING:
         return
     array = value if isinstance(value, np.ndarray) else value.numpy()
-    if not np.all(np.isfinite(array.astype(np.float32, copy=False))):
+    if not np.all(np.isfinite(array if array.dtype.itemsize >= 4 else array.astype(np.float32))):  # f64 as is
         raise NonFiniteError(f"tensor {entry.name!r}: result has NaN or Inf (pass --allow-nonfinite to write it anyway)")
 
 

@@ -219,7 +219,9 @@ def last_checkpoints(folder: str | os.PathLike, n: int) -> list[str]:
         listed = list(state.all_model_checkpoint_paths) if state is not None else []
         if state is not None and not listed and state.model_checkpoint_path:
             listed = [state.model_checkpoint_path]
-        # get_checkpoint_state has already joined relative entries to the folder.
+        # get_checkpoint_state has already joined relative entries to the folder; absolute ones elsewhere
+        # are this folder's checkpoints before it was copied or moved (see _moved_checkpoint)
+        listed = [str(path / os.path.basename(p)) if _outside(p, path) else p for p in listed]
         prefixes = [p for p in listed if Path(p + ".index").is_file()]
         how = f"listed in {state_file} with an .index file"
     else:
@@ -333,6 +335,9 @@ def _remote_last_checkpoints(folder: str, n: int) -> list[str]:
             except Exception as exc:
                 raise BadCheckpointError(state_file, f"unreadable checkpoint state file: {exc}") from None
             listed = list(state.all_model_checkpoint_paths) if state is not None else []
+            # an entry outside the folder (a local absolute path of the training machine: the folder was
+            # uploaded) names the checkpoint of that name here, never a file of this machine
+            listed = [p if is_remote(p) and dirname(p) == folder else join(folder, basename(p)) for p in listed]
             prefixes = [p for p in listed if fs.isfile(p + ".index")]
             how = f"listed in {state_file} with an .index file"
         else:

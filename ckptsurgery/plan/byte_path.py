@@ -72,6 +72,17 @@ def entry_note(plan: Plan, entry: OutputEntry) -> str:
     return found.describe() + ("" if found.kind == WHOLE else ", decoded through TensorFlow")
 
 
+def entry_compute_json(plan: Plan, entry: OutputEntry) -> dict:
+    """For ``--dry-run --json``: how a computed entry is computed, as fields a script can test.
+
+    ``kind`` is one of ``"chunked"``, ``"held whole"``, ``"falls back"`` (decoded
+    through TensorFlow for the input's sake); ``reason`` is the human sentence
+    (None when chunked).  ``computed`` keeps the one-string form of the text output.
+    """
+    found = verdict(plan, entry)
+    return {"kind": found.kind, "reason": found.reason or None}
+
+
 def _classify(plan: Plan, entry: OutputEntry) -> tuple[RawTensor | None, str | None]:
     if not entry.passthrough:
         found = verdict(plan, entry)

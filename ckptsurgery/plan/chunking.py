@@ -24,10 +24,12 @@ the plan and the inputs' index entries, before any data is read:
   bundle's own byte order is checked when its index is parsed:
   :mod:`ckptsurgery.io.index` refuses big-endian bundles).
 
-The unit of a chunk is a row of the first axis when a resize is among the
-steps (``rows`` rows of ``row_elements`` elements), else one element (a
-tensor is then ``num_elements`` rows of one element), so a chunk never has
-to hold a whole row of a huge matrix unless the steps need rows.
+The unit of a chunk is one element (a tensor is ``num_elements`` rows of one
+element), a resize of the first axis included: in C order, slicing the first
+axis keeps the leading elements and padding it appends elements, the fill
+drawn element after element as the whole fill is.  So a chunk never has to
+hold a whole row of a huge matrix, and ``--memory-budget`` holds however wide
+a row is.
 """
 
 from __future__ import annotations
@@ -126,7 +128,6 @@ def verdict(plan: "Plan", entry: "OutputEntry") -> Verdict:
         streaming = get_method(entry.method).streaming
         if streaming is None or not streaming.applies(entry.base_input, dict(entry.params)):
             return Verdict(WHOLE, f"merge method {entry.method} needs the whole tensor")
-    resized = False
     current = shape
     for step in entry.steps:
         if step.op == "cast":
@@ -138,14 +139,11 @@ def verdict(plan: "Plan", entry: "OutputEntry") -> Verdict:
             return Verdict(WHOLE, "resize of an inner axis")
         if new[0] > current[0] and str(step.params.get("init", "zeros")).partition(":")[0] == "mean":
             return Verdict(WHOLE, "resize init=mean needs the whole first axis")
-        resized, current = True, new
+        current = new
     if current != tuple(entry.shape):
         return Verdict(WHOLE, "steps give another shape than planned")
-    if resized:
-        rows, row_shape = shape[0], shape[1:]
-    else:
-        rows, row_shape = math.prod(shape), ()
-    chunk_plan = ChunkPlan(entry, tuple(inputs), rows, math.prod(row_shape), row_shape)
+    # one element per row even for a first-axis resize: a row of a wide matrix may exceed the budget alone
+    chunk_plan = ChunkPlan(entry, tuple(inputs), math.prod(shape), 1, ())
     return Verdict(CHUNKED, "", chunk_plan)
 
 

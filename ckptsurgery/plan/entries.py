@@ -183,11 +183,12 @@ class Plan:
 
 def _entry_json(plan: Plan, entry: OutputEntry) -> dict:
     """An entry for ``--json``; a computed one says how, on the byte path (chunked, held whole, falls back)."""
-    from .byte_path import byte_path_enabled, entry_note
+    from .byte_path import byte_path_enabled, entry_compute_json, entry_note
 
     out = entry.to_json()
     if not entry.passthrough and byte_path_enabled(plan.byte_path):
         out["computed"] = entry_note(plan, entry)
+        out["compute"] = entry_compute_json(plan, entry)
     return out
 
 

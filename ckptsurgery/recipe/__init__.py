@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..io.fs import normalize
 from ..options import WRITE_OPTIONS, check_write_options
 from ..plan.rules import Cast, Drop, DropOptimizer, Keep, Rename, Resize, Rule
 from .call import RecipeCall
@@ -197,7 +198,8 @@ def parse_recipe(path: str | os.PathLike, *, dry_run: bool = False, overrides: d
     base = Path(path).resolve().parent
 
     def resolve(p: Any) -> str:
-        return str(p) if os.path.isabs(str(p)) or "://" in str(p) else str(base / str(p))  # a URL stays one
+        text = normalize(str(p))  # refuses file://host/x, file:x, gs:/x before they become base/gs:/x
+        return text if os.path.isabs(text) or "://" in text else str(base / text)  # a URL stays one
 
     options = dict(data.get("options") or {})
     options.update(check_write_options(overrides or {}, "command line"))

@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 
+from ...errors import UsageError
 from .base import FileSystem, RangeReader
 from .local import LOCAL
 
@@ -27,13 +28,35 @@ __all__ = ["FileSystem", "RangeReader", "LOCAL", "filesystem", "is_remote", "nor
            "basename"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_ONE_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
 
 
 def normalize(path: str | os.PathLike) -> str:
-    """The path as this package uses it: ``file:///x`` is the plain path ``/x``; anything else unchanged."""
+    """The path as this package uses it: ``file:///x`` (or ``file://localhost/x``) is the plain path ``/x``;
+    anything else unchanged.
+
+    A ``file:`` URL naming another host (``file://host/x``) or no absolute
+    path (``file:x``, ``file:/x``) is refused, and so is a URL with one slash
+    (``gs:/bucket/x``): taken as a plain path it would read or write
+    ``host/x``, ``./file:x`` or ``./gs:/bucket/x`` under the current folder,
+    not what the user meant.
+    """
     text = os.fspath(path)
     if text.startswith("file://"):
-        return text[len("file://"):] or "/"
+        rest = text[len("file://"):]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if rest and not rest.startswith("/"):
+            raise UsageError(f"{text}: a file:// URL must name a local absolute path (file:///path); "
+                             f"host {rest.partition('/')[0]!r} is not this machine")
+        return rest or "/"
+    if text.startswith("file:"):
+        raise UsageError(f"{text}: not a file URL (write file:///absolute/path, or ./{text} for a local file "
+                         "of that name)")
+    typo = _SCHEME_ONE_SLASH.match(text)
+    if typo:  # gs:/bucket/x would be written to ./gs:/bucket/x on local disk
+        raise UsageError(f"{text}: looks like a {typo.group(1)}:// URL with a slash missing (write "
+                         f"{typo.group(1)}://..., or ./{text} for a local path)")
     return text
 
 
@@ -47,8 +70,13 @@ def filesystem(path: str | os.PathLike) -> FileSystem:
     """The filesystem holding ``path`` (imports TensorFlow only for a remote one)."""
     if not is_remote(path):
         return LOCAL
-    from .gfile import GFILE
+    from .gfile import GFILE, registered_schemes
 
+    scheme = os.fspath(path).partition("://")[0]
+    if scheme not in registered_schemes():
+        known = ", ".join(f"{s}://" for s in sorted(registered_schemes()) if s not in ("", "file"))
+        raise UsageError(f"{os.fspath(path)}: no filesystem for scheme {scheme + '://'!r} (TensorFlow knows "
+                         f"{known}, file:// and plain paths; s3:// and hdfs:// need tensorflow-io imported)")
     return GFILE
 
 

@@ -23,6 +23,11 @@ from .gfile_names import TMP_INFIX
 from ..._tf import tf
 
 
+def registered_schemes() -> frozenset[str]:
+    """The URL schemes TensorFlow has a filesystem for now (asked each time: importing tensorflow-io adds some)."""
+    return frozenset(tf().io.gfile.get_registered_schemes())
+
+
 @contextmanager
 def _as_oserror(path: str):
     """Turn TensorFlow's ``OpError`` into the ``OSError`` the local code raises."""
