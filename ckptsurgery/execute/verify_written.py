@@ -70,14 +70,14 @@ class WrittenBytes:
         written = self._written(entry.name)
         parts = sorted(raw.parts, key=lambda e: e.slices) if raw.entry.slices else list(raw.parts)
         if [p.slices for p in parts] != [w.slices for w, _ in written.segments] and raw.entry.slices:
-            self._differs(entry.name)
+            self._differs(entry.name, written)
         source = TensorBytes([(part, raw.index.data_path(part.shard_id)) for part in parts], self.source_shards)
         if source.size != written.size:
-            self._differs(entry.name)
+            self._differs(entry.name, written)
         while source.position < source.size:
             want = self._source_read(source, entry.name, self.piece)
             if self._written_read(written, entry.name, len(want)) != want:
-                self._differs(entry.name)
+                self._differs(entry.name, written)
         self._source_read(source, entry.name, 0)  # ranges of no bytes: their CRC32C too
         self._written_read(written, entry.name, 0)
 
@@ -92,12 +92,12 @@ class WrittenBytes:
                 want = np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)  # bfloat16 has no buffer format
                 if want.size and not np.array_equal(np.frombuffer(self._written_read(written, name, want.size),
                                                                   np.uint8), want):
-                    self._differs(name)
+                    self._differs(name, written)
                 del chunk, want
         finally:
             chunks.close()
         if written.position != written.size:
-            self._differs(name)
+            self._differs(name, written)
         self._written_read(written, name, 0)
 
     def _source_read(self, stream: TensorBytes, name: str, size: int) -> bytes:
@@ -122,7 +122,10 @@ class WrittenBytes:
             raise OutputError(f"{self.written.prefix}: verification failed: tensor {name!r} does not read back "
                               f"({exc}); nothing published") from None
 
-    def _differs(self, name: str) -> None:
+    def _differs(self, name: str, written: TensorBytes) -> None:
+        """Bytes that differ: said as ``does not read back`` when the written ones fail their CRC32C too."""
+        if written.position < written.size:
+            self._written_read(written, name, 0)
         raise OutputError(f"{self.written.prefix}: verification failed: tensor {name!r} differs from the plan")
 
 

@@ -359,8 +359,10 @@ def check_tensor_bytes(ckpt: Checkpoint, other: Checkpoint | None, name: str,
         except READ_ERRORS + (IndexError,) as exc:
             check.status, check.detail = BAD, _byte_error(ckpt, entry, exc)
             return check
-        _check_object_graph(check, value, ckpt)
-        if check.status != OK:
+        _check_object_graph(check, value, ckpt)  # the graph is decoded whole (metadata, not a weight)
+        if check.status != OK or not compare:
+            if other is not None and check.status == OK:
+                _same_kind(check, other)
             return check
     stream = TensorBytes(mine, streams.shards(ckpt))
     if not compare:
