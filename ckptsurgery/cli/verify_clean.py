@@ -16,9 +16,9 @@ def add_commands(sub) -> None:
         "verify", help="check the index and every tensor's checksum; optionally compare with another checkpoint",
         formatter_class=Formatter,
         description="Validate CKPT's index (every data shard present, every entry inside its shard), then read\n"
-                    "every tensor, one at a time, so TensorFlow checks each tensor's CRC32C. Prints one row per\n"
-                    "tensor and names every bad one. With --against, also compare names, dtypes, shapes and\n"
-                    "values bit for bit (NaN equals NaN).",
+                    "every tensor, in pieces within --memory-budget, and check its CRC32C (V1 checkpoints: through\n"
+                    "TensorFlow, one tensor at a time). Prints one row per tensor and names every bad one. With\n"
+                    "--against, also compare names, dtypes, shapes and values bit for bit (NaN equals NaN).",
         epilog="examples:\n"
                "  ckptsurgery verify run/model.ckpt-1000\n"
                "  ckptsurgery verify backup/model.ckpt-1000 --against run/model.ckpt-1000\n\n"

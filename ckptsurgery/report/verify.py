@@ -1,20 +1,23 @@
 """``verify``: is every byte of a checkpoint readable and intact?
 
-Two layers, both streaming (one tensor in memory at a time, two with
-``against``):
+Two layers, both streaming (V2 bundles: each tensor read in pieces within the
+memory budget; V1 files and ``CKPTSURGERY_BYTE_PATH=0``: one tensor in memory
+at a time, two with ``against``):
 
 1. the index, in pure Python (:func:`ckptsurgery.io.index.validate_checkpoint`
    via :class:`~ckptsurgery.io.reader.Checkpoint`): the table's block checksums,
    every entry sane, every data shard present, every entry inside its shard.
    A failure here means nothing can be trusted, so it raises
    :class:`~ckptsurgery.errors.BadCheckpointError` (exit 3) with one line;
-2. every tensor, read through TensorFlow's own reader, which checks each
-   tensor's CRC32C.  A failure here is recorded per tensor and the others
-   are still checked, so the report names every bad tensor.
+2. every tensor's CRC32C: on a V2 bundle its byte ranges are read in pieces
+   and checked here, without TensorFlow (:func:`check_tensor_bytes`); else the
+   tensor is read through TensorFlow's own reader, which checks it.  A failure
+   here is recorded per tensor and the others are still checked, so the
+   report names every bad tensor (in TF's words either way).
 
 With ``against``, the values are also compared with another checkpoint:
 names, dtypes, shapes, and values bit for bit (a NaN equals a NaN at the same
-place, whatever its payload).
+place, whatever its payload), piece by piece on the byte path.
 
 Example::
 
