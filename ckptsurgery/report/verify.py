@@ -414,11 +414,35 @@ def _compare_bytes(check: TensorCheck, ckpt: Checkpoint, stream: TensorBytes, ot
         check.detail = f"unreadable in {other.prefix}: {_byte_error(other, theirs.failed or _current(theirs), unreadable)}"
         return check
     if string and differing:  # both read back intact, their bytes differ: count the elements (decoded whole)
-        differing = count_differences(ckpt.read(check.name), other.read(check.name))
+        differing = count_differences(_strings(stream), _strings(theirs))
     if differing:
         check.status = DIFFERENT
         check.detail = f"{differing} of {max(math.prod(check.shape), 1)} elements differ"
     return check
+
+
+def _strings(stream: TensorBytes) -> np.ndarray:
+    """A string tensor's elements, decoded whole from its one byte range (its CRC32C already checked):
+    ``[varint64 length]*n [masked CRC32C of the lengths] [bytes]``."""
+    (entry, path), = stream.segments
+    data = stream.shards.get(path).read(entry.offset, entry.size)
+    lengths, pos = [], 0
+    for _ in range(entry.num_elements):
+        length, shift = 0, 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        lengths.append(length)
+    pos += 4
+    values = np.empty(len(lengths), dtype=object)
+    for i, length in enumerate(lengths):
+        values[i] = data[pos:pos + length]
+        pos += length
+    return values.reshape(entry.shape)
 
 
 def _current(stream: TensorBytes) -> IndexEntry:
