@@ -207,7 +207,7 @@ def diff(a: PathLike, b: PathLike, *, atol: float = 0.0, values: bool = True, pr
 
 def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | None = False,
            on_tensor: Callable[[TensorCheck], None] | None = None, cluster: str | None = None,
-           scheduler: str | None = None) -> VerifyReport:
+           scheduler: str | None = None, memory_budget: int | str = DEFAULT_MEMORY_BUDGET) -> VerifyReport:
     """Validate ``path``'s index and read every tensor (each CRC32C is checked).
 
     Args:
@@ -216,6 +216,8 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
         progress: a bar on stderr (None: only when stderr is a terminal).
         on_tensor: called with each tensor's :class:`TensorCheck` as it is checked.
         cluster, scheduler: check the tensors by groups as Dask tasks (see :mod:`ckptsurgery.execute.cluster`).
+        memory_budget: bytes held at a time per tensor (V2 bundles are streamed in pieces; a V1 file's
+            tensors, or all with ``CKPTSURGERY_BYTE_PATH=0``, are read whole through TensorFlow).
 
     Returns:
         A :class:`VerifyReport` (``.ok``, ``.render()``, ``.to_json()``, ``.exit_code``); a tensor
@@ -225,6 +227,7 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
         BadCheckpointError: the index or the layout of the data shards is broken.
     """
     _check_cluster(cluster, scheduler)
+    check_write_options(dict(memory_budget=memory_budget))
     ckpt = open_checkpoint(path)
     with progress_bar(ckpt.total_bytes, progress, "verifying") as bar:
         def checked(check: TensorCheck) -> None:
@@ -232,7 +235,8 @@ def verify(path: PathLike, against: PathLike | None = None, *, progress: bool | 
             if on_tensor is not None:
                 on_tensor(check)
 
-        return _verify(ckpt, against=against, on_tensor=checked, cluster=cluster, scheduler=scheduler)
+        return _verify(ckpt, against=against, on_tensor=checked, cluster=cluster, scheduler=scheduler,
+                       memory_budget=memory_budget)
 
 
 def _check_cluster(cluster: str | None, scheduler: str | None) -> None:

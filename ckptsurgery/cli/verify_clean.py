@@ -8,6 +8,7 @@ import json
 from .common import CKPT_HELP, EPILOG_EXIT_CODES, Formatter, add_cluster_options
 from ..text.display import display_text
 from ..errors import EXIT_IO, EXIT_OK, print_error
+from ..options import DEFAULT_MEMORY_BUDGET
 
 
 def add_commands(sub) -> None:
@@ -15,9 +16,9 @@ def add_commands(sub) -> None:
         "verify", help="check the index and every tensor's checksum; optionally compare with another checkpoint",
         formatter_class=Formatter,
         description="Validate CKPT's index (every data shard present, every entry inside its shard), then read\n"
-                    "every tensor, one at a time, so TensorFlow checks each tensor's CRC32C. Prints one row per\n"
-                    "tensor and names every bad one. With --against, also compare names, dtypes, shapes and\n"
-                    "values bit for bit (NaN equals NaN).",
+                    "every tensor, in pieces within --memory-budget, and check its CRC32C (V1 checkpoints: through\n"
+                    "TensorFlow, one tensor at a time). Prints one row per tensor and names every bad one. With\n"
+                    "--against, also compare names, dtypes, shapes and values bit for bit (NaN equals NaN).",
         epilog="examples:\n"
                "  ckptsurgery verify run/model.ckpt-1000\n"
                "  ckptsurgery verify backup/model.ckpt-1000 --against run/model.ckpt-1000\n\n"
@@ -28,6 +29,8 @@ def add_commands(sub) -> None:
     p.add_argument("--against", metavar="OTHER", help="also compare every tensor with this checkpoint")
     p.add_argument("--json", action="store_true",
                    help='print {"ok", "bad": [names], "differences": [names], "tensors": [{"name", "status", ...}]}')
+    p.add_argument("--memory-budget", default=DEFAULT_MEMORY_BUDGET, metavar="SIZE",
+                   help="bytes held at a time: each tensor of a V2 bundle is read in pieces within it (default %(default)s)")
     add_cluster_options(p)
     p.set_defaults(func=cmd_verify)
 
@@ -50,7 +53,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .. import api
 
     report = api.verify(args.checkpoint, against=args.against, progress=None, cluster=args.cluster,
-                        scheduler=args.scheduler)
+                        scheduler=args.scheduler, memory_budget=args.memory_budget)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     error = report.error_line()
     if error is not None:

@@ -38,6 +38,7 @@ from ..transforms import apply_steps
 from ..values import same_bits
 from ..io.shard_writer import ShardWriter, resolve_destination
 from ..options import DEFAULT_MEMORY_BUDGET
+from ..text.sizes import parse_size
 
 
 @dataclass
@@ -282,7 +283,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     def check(merged_prefix: str) -> None:
         check_written(merged_prefix, expected)
         if options.verify:
-            verify_values(plan, merged_prefix)
+            verify_values(plan, merged_prefix, raw=raw, chunked=chunked, budget=parse_size(options.memory_budget))
 
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     chunk_shards = InputShards()
@@ -351,15 +352,38 @@ def check_written(prefix: str, expected: dict[str, tuple[str, tuple[int, ...]]])
         )
 
 
-def verify_values(plan: Plan, prefix: str) -> None:
-    """``--verify``: recompute every planned tensor and compare it with what was written."""
+def verify_values(plan: Plan, prefix: str, *, raw: dict[str, RawTensor] | None = None,
+                  chunked: dict[str, ChunkPlan] | None = None, budget: int = 0) -> None:
+    """``--verify``: recompute every planned tensor and compare it with what was written.
+
+    Entries written by the byte path (``raw`` copies, ``chunked`` computations) are
+    compared piece by piece within ``budget`` (:mod:`ckptsurgery.execute.verify_written`);
+    the others are recomputed whole and read back through TensorFlow.
+    """
+    from .verify_written import WrittenBytes
+
     written = open_checkpoint(prefix)
-    for entry in plan.entries:
-        want = produce(plan, entry)
-        try:
-            got = written.read(entry.name)
-        except BadCheckpointError as exc:  # e.g. copied bytes that fail their checksum
-            raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} does not read back "
-                              f"({exc.detail}); nothing published") from None
-        if not same_bits(want, got):
-            raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} differs from the plan")
+    streamed = WrittenBytes(plan, written, budget or parse_size(DEFAULT_MEMORY_BUDGET)) if raw or chunked else None
+    try:
+        for entry in plan.entries:
+            if streamed is not None and entry.name in (raw or {}):
+                streamed.check_copied(entry, raw[entry.name])
+            elif streamed is not None and entry.name in (chunked or {}):
+                streamed.check_chunked(chunked[entry.name])
+            else:
+                _verify_whole(plan, written, prefix, entry)
+    finally:
+        if streamed is not None:
+            streamed.close()
+
+
+def _verify_whole(plan: Plan, written: Any, prefix: str, entry: OutputEntry) -> None:
+    """One entry recomputed whole (:func:`produce`) and compared with its written value read through TF."""
+    want = produce(plan, entry)
+    try:
+        got = written.read(entry.name)
+    except BadCheckpointError as exc:  # e.g. copied bytes that fail their checksum
+        raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} does not read back "
+                          f"({exc.detail}); nothing published") from None
+    if not same_bits(want, got):
+        raise OutputError(f"{prefix}: verification failed: tensor {entry.name!r} differs from the plan")
