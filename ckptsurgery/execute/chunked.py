@@ -42,10 +42,10 @@ import numpy as np
 from ..dtypes import FLOATING, dtype_name_of_array, numpy_dtype
 from ..errors import BadCheckpointError, NonFiniteError
 from ..io.bytecopy import CHUNK as READ_PIECE
-from ..io.bytecopy import ChecksumMismatch, ShardInput, SourceReadError, crc32c_extend
+from ..io.bytecopy import ChecksumMismatch, ShardInput, SourceReadError
+from ..io.bytestream import TensorBytes
 from ..io.index import IndexEntry, dtype_enum, dtype_name
 from ..io.shard_writer import ShardWriter
-from ..io.table import mask, unmask
 from ..plan.chunking import ChunkInput, ChunkPlan
 from ..plan.entries import Plan, TensorRef
 from ..transforms import TRANSFORMS, fill_as, fill_rng, random_fill
@@ -101,14 +101,14 @@ class InputShards:
 
 
 def write_chunked(plan: Plan, chunk_plan: ChunkPlan, writer: ShardWriter, pool: ThreadPoolExecutor,
-                  shards: InputShards, *, crc_check: bool = True, allow_nonfinite: bool = True) -> None:
+                  shards: InputShards, *, allow_nonfinite: bool = True) -> None:
     """Compute ``chunk_plan``'s entry chunk by chunk into ``writer``; ``pool`` reads ahead."""
     entry = chunk_plan.entry
     if entry.nbytes_in + entry.nbytes_out > writer.budget:
         writer.drain()  # a big tensor: its chunks must not add to the groups in flight
     out = IndexEntry(entry.name, dtype_enum(entry.dtype), tuple(entry.shape), 0, 0, entry.nbytes_out, 0)
     rows = chunk_rows(chunk_plan, writer.budget)
-    chunks = output_chunks(plan, chunk_plan, rows, pool, shards, crc_check=crc_check, allow_nonfinite=allow_nonfinite)
+    chunks = output_chunks(plan, chunk_plan, rows, pool, shards, allow_nonfinite=allow_nonfinite)
     try:
         writer.add_stream(entry.name, out, chunks)
     finally:
@@ -134,65 +134,33 @@ def chunk_rows(chunk_plan: ChunkPlan, budget: int) -> int:
 
 
 class _InputRows:
-    """One input read row range after row range, in order, each part's CRC32C extended on the way.
+    """One input read row range after row range, in order.
 
-    The input's bytes are one range of a data shard, or, for a variable
-    partitioned along its first axis, its parts' ranges one after the other;
-    each range's CRC32C is compared as soon as its last byte is read.
+    Its bytes are one range of a data shard, or, for a variable partitioned
+    along its first axis, its parts' ranges one after the other;
+    :class:`~ckptsurgery.io.bytestream.TensorBytes` reads them and compares
+    each range's CRC32C as soon as its last byte is read (always: a computed
+    tensor gets a fresh CRC32C that would hide corrupt input).
     """
 
-    def __init__(self, source: ChunkInput, shards: dict[str, ShardInput], row_elements: int, crc_check: bool):
+    def __init__(self, source: ChunkInput, shards: dict[str, ShardInput], row_elements: int):
         self.entry = source.entry
-        self.path = source.path  # the data shard being read, for messages
-        self.segments = source.segments
-        self.shards = shards
+        self.bytes = TensorBytes(list(source.segments), shards)
         self.row_bytes = row_elements * numpy_dtype(dtype_name(self.entry.dtype)).itemsize
-        self.crc_check = crc_check
-        self.size = sum(part.size for part, _ in self.segments)
-        self.position = 0  # bytes of the tensor read so far
-        self._segment = 0  # the range being read
-        self._in_segment = 0  # bytes of it read so far
-        self._crc = 0
+
+    @property
+    def path(self) -> str:
+        """The data shard being read (or at fault), for messages."""
+        return self.bytes.path
 
     def read(self, start_row: int, end_row: int) -> bytes:
         """The bytes of rows ``[start_row, end_row)`` (called in order, by one thread at a time)."""
-        assert start_row * self.row_bytes == self.position, "rows are read in order"
-        return self._take((end_row - start_row) * self.row_bytes)
-
-    def _take(self, size: int) -> bytes:
-        pieces = []
-        while size:
-            self._close_finished()
-            part, path = self.segments[self._segment]
-            count = min(size, part.size - self._in_segment)
-            self.path = path
-            data = self.shards[path].read(part.offset + self._in_segment, count)
-            if self.crc_check:
-                self._crc = crc32c_extend(self._crc, data)
-            pieces.append(data)
-            self._in_segment += count
-            self.position += count
-            size -= count
-        self._close_finished()
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def _close_finished(self) -> None:
-        """Compare the CRC32C of each range read to its end (empty ones included), and move past it."""
-        while self._segment < len(self.segments) and self._in_segment == self.segments[self._segment][0].size:
-            part, self.path = self.segments[self._segment]
-            if self.crc_check and mask(self._crc) != part.crc32c:
-                raise ChecksumMismatch(unmask(part.crc32c), self._crc)
-            self._segment += 1
-            self._in_segment = 0
-            self._crc = 0
+        assert start_row * self.row_bytes == self.bytes.position, "rows are read in order"
+        return self.bytes.take((end_row - start_row) * self.row_bytes)
 
     def finish(self) -> None:
         """Read what no chunk needed (rows a slice drops) for the CRC32C, and compare the last ranges'."""
-        if not self.crc_check:
-            return
-        while self.position < self.size:
-            self._take(min(READ_PIECE, self.size - self.position))
-        self._close_finished()
+        self.bytes.check(READ_PIECE)
 
 
 class _Fill:
@@ -222,10 +190,10 @@ class _Fill:
 
 
 def output_chunks(plan: Plan, chunk_plan: ChunkPlan, rows: int, pool: ThreadPoolExecutor, shards: InputShards, *,
-                  crc_check: bool = True, allow_nonfinite: bool = True) -> Iterator[np.ndarray]:
+                  allow_nonfinite: bool = True) -> Iterator[np.ndarray]:
     """The output tensor in C-order chunks of ``rows`` rows; raises before its end on bad input."""
     entry = chunk_plan.entry
-    streams = [_InputRows(source, files, chunk_plan.row_elements, crc_check)
+    streams = [_InputRows(source, files, chunk_plan.row_elements)
                for source, files in zip(chunk_plan.inputs, shards.for_inputs(chunk_plan.inputs))]
     pending: list[Future] = []
     try:

@@ -423,22 +423,46 @@ def encode_string_tensor(values: list[bytes]) -> tuple[bytes, int]:
     return lengths + length_checksum + b"".join(values), mask(crc)
 
 
+def decode_string_elements(data: bytes, count: int) -> tuple[list[bytes], int]:
+    """The ``count`` strings of a string tensor's on-disk bytes, and where they end.
+
+    The layout (TF's tensor_bundle): ``[varint64 length] * count``, the masked
+    CRC32C of the lengths (4 bytes), then the strings' bytes.  The CRC32C is
+    not checked here; a layout cut short raises :class:`EOFError`.
+    """
+    lengths, pos = [], 0
+    for _ in range(count):
+        length, shift = 0, 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise EOFError("string tensor: its length table is cut short")
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        lengths.append(length)
+    pos += 4
+    values = []
+    for length in lengths:
+        values.append(data[pos:pos + length])
+        pos += length
+    if pos > len(data):
+        raise EOFError("string tensor: its bytes are cut short")
+    return values, pos
+
+
 def decode_string_scalar(data: bytes, entry: IndexEntry) -> bytes:
     """The one string of a scalar string tensor's on-disk bytes, after checking its CRC32C."""
     checksum = _StringChecksum(1)
     checksum.update(data)
     if mask(checksum.crc) != entry.crc32c or not checksum.complete:
         raise ChecksumMismatch(unmask(entry.crc32c), checksum.crc)
-    length, shift, pos = 0, 0, 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    value = data[pos + 4: pos + 4 + length]
-    if len(value) != length or pos + 4 + length != len(data):
+    try:
+        (value,), end = decode_string_elements(data, 1)
+    except EOFError:
+        raise ChecksumMismatch(unmask(entry.crc32c), checksum.crc) from None
+    if end != len(data):
         raise ChecksumMismatch(unmask(entry.crc32c), checksum.crc)
     return value
-

@@ -13,7 +13,7 @@ CRC32C once the range's last byte is read.  No TensorFlow import.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from .bytecopy import ChecksumMismatch, ShardInput, SourceReadError, _checksum_for
 from .index import IndexEntry
@@ -50,7 +50,7 @@ class TensorBytes:
     ``failed`` names the range at fault after a :class:`ChecksumMismatch`.
     """
 
-    def __init__(self, segments: list[tuple[IndexEntry, str]], shards: OpenShards):
+    def __init__(self, segments: list[tuple[IndexEntry, str]], shards: "OpenShards | Mapping[str, ShardInput]"):
         self.segments = segments
         self.shards = shards
         self.size = sum(entry.size for entry, _ in segments)
@@ -82,6 +82,14 @@ class TensorBytes:
         while self.position < self.size:
             yield self.take(piece)
         self._close_finished()
+
+    @property
+    def path(self) -> str:
+        """The data shard at fault after an error (the range that failed, else the one being read)."""
+        for entry, path in self.segments:
+            if entry is self.failed:
+                return path
+        return self.segments[min(self._segment, len(self.segments) - 1)][1] if self.segments else ""
 
     def check(self, piece: int) -> None:
         """Read everything left and check every range's CRC32C."""

@@ -44,7 +44,7 @@ from ..io.reader import OBJECT_GRAPH_KEY, Checkpoint, open_checkpoint
 from ..options import DEFAULT_MEMORY_BUDGET
 from ..text.sizes import parse_size
 from ..plan.byte_path import byte_path_enabled
-from ..io.bytecopy import CHUNK, ChecksumMismatch, decode_string_scalar
+from ..io.bytecopy import CHUNK, ChecksumMismatch, decode_string_elements, decode_string_scalar
 from ..io.bytestream import READ_ERRORS, OpenShards, TensorBytes
 from ..io.index import DT_STRING, DT_VARIANT, IndexEntry
 from ..plan.chunking import _row_parts
@@ -422,26 +422,11 @@ def _compare_bytes(check: TensorCheck, ckpt: Checkpoint, stream: TensorBytes, ot
 
 
 def _strings(stream: TensorBytes) -> np.ndarray:
-    """A string tensor's elements, decoded whole from its one byte range (its CRC32C already checked):
-    ``[varint64 length]*n [masked CRC32C of the lengths] [bytes]``."""
+    """A string tensor's elements, decoded whole from its one byte range (its CRC32C already checked)."""
     (entry, path), = stream.segments
-    data = stream.shards.get(path).read(entry.offset, entry.size)
-    lengths, pos = [], 0
-    for _ in range(entry.num_elements):
-        length, shift = 0, 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        lengths.append(length)
-    pos += 4
-    values = np.empty(len(lengths), dtype=object)
-    for i, length in enumerate(lengths):
-        values[i] = data[pos:pos + length]
-        pos += length
+    elements, _ = decode_string_elements(stream.shards.get(path).read(entry.offset, entry.size), entry.num_elements)
+    values = np.empty(len(elements), dtype=object)
+    values[:] = elements
     return values.reshape(entry.shape)
 
 
