@@ -147,7 +147,7 @@ def run_on_cluster(plan: "Plan", batches: list[list["OutputEntry"]], writer: "Sh
 
     tasks = make_tasks(plan, batches, writer.staging_folder, writer.budget,
                        byte_path=byte_path_enabled(options.byte_path), crc_check=options.crc_check,
-                       allow_nonfinite=options.allow_nonfinite, durable=options.fsync)
+                       allow_nonfinite=options.allow_nonfinite, fsync=options.fsync)
     if not tasks:
         return
     with connect(options.cluster, options.scheduler) as client:

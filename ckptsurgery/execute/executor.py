@@ -289,7 +289,7 @@ def execute(plan: Plan, dest: str | os.PathLike, options: WriteOptions | None = 
     chunk_shards = InputShards()
     try:
         with ShardWriter(prefix, memory_budget=options.memory_budget, workers=options.workers,
-                         durable=options.fsync, on_written=bar.update, check=check,
+                         fsync=options.fsync, on_written=bar.update, check=check,
                          force=options.force, own_index=byte_path or run_batches is not None,
                          crc_check=options.crc_check, stage_on_store=run_batches is not None) as writer:
             all_batches = list(batches(plan.entries, writer.budget))

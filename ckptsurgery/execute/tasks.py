@@ -61,7 +61,7 @@ class GroupTask:
     byte_path: bool = True
     crc_check: bool = True
     allow_nonfinite: bool = True
-    durable: bool = True
+    fsync: bool = True
 
     @property
     def nbytes_out(self) -> int:
@@ -195,11 +195,11 @@ def reopen(prefix: str) -> Checkpoint:
 
 
 def make_tasks(plan: Plan, batches: list[list[OutputEntry]], staging: str, budget: int, *, byte_path: bool,
-               crc_check: bool, allow_nonfinite: bool, durable: bool) -> list[GroupTask]:
+               crc_check: bool, allow_nonfinite: bool, fsync: bool) -> list[GroupTask]:
     """One task per batch; sources travel as prefixes, never as open readers."""
     prefixes = {alias: ckpt.prefix for alias, ckpt in plan.sources.items()}
     return [GroupTask(number, {a: prefixes[a] for a in {r.source for e in batch for r in e.inputs}}, tuple(batch),
-                      staging, budget, byte_path, crc_check, allow_nonfinite, durable)
+                      staging, budget, byte_path, crc_check, allow_nonfinite, fsync)
             for number, batch in enumerate(batches)]
 
 
@@ -215,7 +215,7 @@ def run_group_task(task: GroupTask) -> GroupManifest:
     readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ckptsurgery-read")
     chunk_shards = InputShards()
     try:
-        with TaskWriter(attempt, task.staging, memory_budget=task.memory_budget, durable=task.durable,
+        with TaskWriter(attempt, task.staging, memory_budget=task.memory_budget, fsync=task.fsync,
                         crc_check=task.crc_check) as writer:
             write_batch(plan, plan.entries, writer, raw=raw, chunked=chunked, readers=readers,
                         chunk_shards=chunk_shards, allow_nonfinite=task.allow_nonfinite)

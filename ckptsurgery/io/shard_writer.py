@@ -127,7 +127,7 @@ class ShardWriter:
         *,
         memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
         workers: int = 1,
-        durable: bool = True,
+        fsync: bool = True,
         on_written: Callable[[int], None] | None = None,
         check: Callable[[str], None] | None = None,
         force: bool = False,
@@ -142,7 +142,7 @@ class ShardWriter:
         self.force = force  # replace a checkpoint found at the destination when publishing
         self.budget = parse_size(memory_budget)
         self.workers = max(1, int(workers))
-        self.durable = durable
+        self.fsync = fsync
         self._on_written = on_written or (lambda n: None)
         self._check = check
         self._lock = RemoteLock(self.dest_prefix) if is_remote(self.dest_prefix) else DestinationLock(self.dest_prefix)
@@ -303,7 +303,7 @@ class ShardWriter:
             faults.at("group-saved")
         except Exception as exc:
             raise _write_error(self.dest_prefix, exc) from None
-        if self.durable:
+        if self.fsync:
             _start_writeback(prefix)
         self._on_written(nbytes)
 
@@ -346,7 +346,7 @@ class ShardWriter:
             if isinstance(self._lock, RemoteLock):
                 self.published = publish_remote(self._staging, self._lock, replace=self.force)
             else:
-                self.published = publish(self._staging, durable=self.durable, replace=self.force)
+                self.published = publish(self._staging, fsync=self.fsync, replace=self.force)
         except OSError as exc:
             raise _write_error(self.dest_prefix, exc) from None
         # Published: whatever happens now, the staging folder and the lock must go.
@@ -478,7 +478,7 @@ class RawGroups:
             faults.at("group-saved")
         except OSError as exc:
             raise _write_error(self.writer.dest_prefix, exc) from None
-        if self.writer.durable:
+        if self.writer.fsync:
             advise(path, DONTNEED)
 
     def close_files(self) -> None:

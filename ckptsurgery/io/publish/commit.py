@@ -14,7 +14,7 @@ from ..resolve import checkpoint_files
 from ...errors import OutputError
 
 
-def publish(staging: Staging, *, durable: bool = True, replace: bool = False) -> str:
+def publish(staging: Staging, *, fsync: bool = True, replace: bool = False) -> str:
     """Move the merged checkpoint from ``staging`` to its destination (see module doc).
 
     ``replace`` (``--force``) allows replacing a checkpoint found at the
@@ -38,7 +38,7 @@ def publish(staging: Staging, *, durable: bool = True, replace: bool = False) ->
     if old_files and not replace:
         raise OutputError(f"{dest}: a checkpoint appeared here while this run was working (another run published "
                           f"it); nothing was published; pass --force to replace it")
-    if durable:
+    if fsync:
         for f in new_files:
             fsync_path(f)
     new_data = [f for f in new_files if f != new_index]
@@ -50,7 +50,7 @@ def publish(staging: Staging, *, durable: bool = True, replace: bool = False) ->
         "new_index": new_index.name,
         "new_data": [f.name for f in new_data],
         "previous": [f.name for f in old_files],
-    }, durable)
+    }, fsync)
     try:
         for f in old_files:
             os.replace(f, old_dir / f.name)
@@ -63,7 +63,7 @@ def publish(staging: Staging, *, durable: bool = True, replace: bool = False) ->
         roll_back(staging.path)
         raise
     try:
-        if durable:
+        if fsync:
             fsync_path(dest.parent)
         update_state_file(str(dest))
     except OSError as exc:

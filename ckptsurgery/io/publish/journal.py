@@ -20,15 +20,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_durably(path: Path, obj: dict, durable: bool) -> None:
+def write_json_durably(path: Path, obj: dict, fsync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f)
         f.flush()
-        if durable:
+        if fsync:
             os.fsync(f.fileno())
     os.replace(tmp, path)
-    if durable:
+    if fsync:
         fsync_path(path.parent)
 
 
