@@ -312,3 +312,26 @@ def test_journal_names_outside_the_folder_are_never_acted_on(tmp_path):
     assert [a.action for a in actions] == ["kept-previous"]
     assert (victim / "model.ckpt.data-00000-of-00001").read_text() == "precious"
     assert staging.is_dir() and (staging / "previous" / "model.ckpt.index").is_file()
+
+
+def test_a_failed_run_leaves_no_folders_of_its_own_making(tf1_ckpt, tmp_path, monkeypatch):
+    """The destination is as the run found it: the folders it created for the output go again,
+    an existing folder (with another file in it) stays."""
+    import ckptsurgery as cs
+    from ckptsurgery.io import faults
+    from ckptsurgery.errors import OutputError
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("someone else's file")
+    for dest in (tmp_path / "new" / "deeper" / DEST, kept / "new" / DEST):
+        faults.reset()
+        monkeypatch.setenv("CKPTSURGERY_FAULT", "enospc@after-merge")
+        try:
+            with pytest.raises(OutputError, match="disk full"):
+                cs.copy(tf1_ckpt, dest, progress=False)
+        finally:
+            faults.reset()
+        monkeypatch.delenv("CKPTSURGERY_FAULT")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]

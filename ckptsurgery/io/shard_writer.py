@@ -145,6 +145,7 @@ class ShardWriter:
         self.fsync = fsync
         self._on_written = on_written or (lambda n: None)
         self._check = check
+        self._created_folders: list[str] = []  # by open(), removed again if the run fails
         self._lock = RemoteLock(self.dest_prefix) if is_remote(self.dest_prefix) else DestinationLock(self.dest_prefix)
         self._staging: Staging | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -170,7 +171,7 @@ class ShardWriter:
     def open(self) -> None:
         folder = dirname(self.dest_prefix)
         try:
-            filesystem(folder).makedirs(folder)
+            self._created_folders = filesystem(folder).makedirs(folder)
         except OSError as exc:
             raise _write_error(folder, exc) from None
         self._lock.acquire()
@@ -196,6 +197,9 @@ class ShardWriter:
             self._staging.remove()
             self._staging = None
         self._lock.release()
+        # A failed run leaves the destination as it found it: no empty folders of its own making.
+        filesystem(dirname(self.dest_prefix)).remove_empty_folders(self._created_folders)
+        self._created_folders = []
 
     # -- adding tensors -----------------------------------------------------
     def add(self, name: str, array: Any, nbytes: int | None = None, slice_spec: str = "") -> None:

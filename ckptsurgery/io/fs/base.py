@@ -41,7 +41,12 @@ class FileSystem(Protocol):
 
     def listdir(self, path: str) -> list[str]: ...
 
-    def makedirs(self, path: str) -> None: ...
+    def makedirs(self, path: str) -> list[str]:
+        """Create ``path`` and its missing parents; returns the folders created, deepest first
+        (for :meth:`remove_empty_folders` when the run fails; none on stores without real folders)."""
+
+    def remove_empty_folders(self, paths: list[str]) -> None:
+        """Delete each folder, deepest first, stopping at the first one not empty (another file or writer)."""
 
     def remove(self, path: str) -> None:
         """Delete a file; a missing one is not an error."""

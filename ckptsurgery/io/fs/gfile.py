@@ -128,9 +128,13 @@ class GFileFS:
         with _as_oserror(path):
             return [n.rstrip("/") for n in self._g.listdir(path)]
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str) -> list[str]:
         with _as_oserror(path):
             self._g.makedirs(path)
+        return []  # object stores: a "folder" is a name prefix, gone with its last object
+
+    def remove_empty_folders(self, paths: list[str]) -> None:
+        pass
 
     def remove(self, path: str) -> None:
         try:

@@ -56,8 +56,21 @@ class LocalFS:
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
-    def makedirs(self, path: str) -> None:
+    def makedirs(self, path: str) -> list[str]:
+        missing = []
+        folder = os.path.abspath(path)
+        while not os.path.exists(folder) and folder != os.path.dirname(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(path, exist_ok=True)
+        return missing
+
+    def remove_empty_folders(self, paths: list[str]) -> None:
+        for folder in paths:
+            try:
+                os.rmdir(folder)  # only ever an empty folder
+            except OSError:
+                return
 
     def remove(self, path: str) -> None:
         try:
