@@ -61,7 +61,25 @@ def cast(array: np.ndarray, *, to: str, tensor_name: str = "") -> np.ndarray:
     target = numpy_dtype(to)
     if target.kind in "iu" and dtype_name_of_array(array) in FLOATING | COMPLEX:
         _check_fits_integer(array, target, tensor_name)
-    return array.astype(target)
+    with np.errstate(over="ignore"):  # an overflow is refused below, by name, not warned about
+        result = array.astype(target)
+    if to in FLOATING and dtype_name_of_array(array) in FLOATING and result.dtype.itemsize < array.dtype.itemsize:
+        _check_no_overflow(array, result, tensor_name)
+    return result
+
+
+def _check_no_overflow(array: np.ndarray, result: np.ndarray, tensor_name: str) -> None:
+    """Raise when a finite value became infinite by narrowing (203442 as float16 is inf): the output
+    would load, and a metric count or an Adam moment of ``inf`` would poison training later."""
+    flat_in, flat_out = array.reshape(-1), result.reshape(-1)
+    for start in range(0, flat_out.size, _CHECK_PIECE):
+        made = np.isinf(flat_out[start:start + _CHECK_PIECE]) & np.isfinite(flat_in[start:start + _CHECK_PIECE])
+        if made.any():
+            bad = flat_in[start + int(np.argmax(made))]
+            raise UsageError(
+                f"tensor {tensor_name!r}: cast {dtype_name_of_array(array)} -> {dtype_name_of_array(result)} "
+                f"refused: value {float(bad)!r} overflows to infinity (give the cast a PATTERN that leaves "
+                "this tensor out)")
 
 
 #: elements checked at a time by :func:`_check_fits_integer`

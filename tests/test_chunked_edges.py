@@ -171,3 +171,31 @@ def test_random_fill_into_integers_that_fit_equals_the_tf_path(tmp_path):
     tf.train.Checkpoint(counts=counts, ids=ids).restore(out).assert_consumed()
     np.testing.assert_array_equal(counts.numpy()[:10], np.arange(40).reshape(10, 4))
     assert np.abs(counts.numpy()[10:]).max() > 0 and not ids.numpy()[40:].any()
+
+
+class Wide(tf.Module):
+    """float32 values float16 cannot hold (a Keras metric's count of 203442 samples), and infinities already there."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = tf.Variable(tf.constant([1.0, 203442.0, -7e4, 2.0] * 4))
+        self.already = tf.Variable(tf.constant([np.inf, -np.inf, np.nan, 1.5] * 4))
+
+
+@pytest.mark.parametrize("byte_path", [True, False])
+def test_narrowing_cast_that_overflows_to_infinity_is_refused(byte_path, tmp_path):
+    """A finite value that float16 turns into Inf would load, and poison training later: refused on
+    both paths, naming the tensor and the value; infinities the input already holds stay as they are."""
+    source = tf.train.Checkpoint(m=Wide()).save(str(tmp_path / "wide" / "ckpt"))
+    dest = tmp_path / "out" / "m"
+    with pytest.raises(UsageError, match=rf"tensor 'm/count{KEY}': cast float32 -> float16 refused: "
+                                         r"value 203442.0 overflows to infinity"):
+        cs.edit(source, dest, [cs.Cast("float32", "float16")], progress=False, memory_budget=SMALL,
+                byte_path=byte_path)
+    assert not dest.parent.exists()
+    out, _ = both_ways(lambda d, **o: cs.edit(source, d, [cs.Cast("float32", "float16", "^m/already/")], **o),
+                       tmp_path / "kept")
+    got = tf.train.load_checkpoint(out).get_tensor(f"m/already{KEY}")
+    assert got.dtype == np.float16 and np.isposinf(got[0]) and np.isneginf(got[1]) and np.isnan(got[2])
+    out, _ = both_ways(lambda d, **o: cs.edit(source, d, [cs.Cast("float32", "bfloat16")], **o), tmp_path / "bf")
+    assert float(tf.train.load_checkpoint(out).get_tensor(f"m/count{KEY}")[1]) == 203776.0  # bfloat16 rounds

@@ -66,7 +66,8 @@ def _add_rule_options(p: argparse.ArgumentParser) -> None:
                    help="drop optimizer slots and counters (TF1 /Adam, /Momentum, beta1_power...; TF2 .OPTIMIZER_SLOT, optimizer/...)")
     g.add_argument("--cast", nargs="+", metavar="FROM:TO [PATTERN]", action=_RuleAction, make_rule=_cast_rule,
                    help="cast tensors of dtype FROM to TO, e.g. float32:bfloat16, optionally only names matching PATTERN; "
-                        "their optimizer slots are cast with them")
+                        "their optimizer slots are cast with them; a value the narrower dtype cannot hold (NaN into an int, "
+                        "203442 into float16) is refused, naming the tensor")
     g.add_argument("--resize", nargs="+", metavar="PATTERN SHAPE [INIT]", action=_RuleAction, make_rule=_resize_rule,
                    help="slice or pad to SHAPE (e.g. 30600,768; * keeps a size); INIT fills new cells: "
                         "zeros (default), normal:STD, uniform:LIMIT, mean; optimizer slots are resized with "
