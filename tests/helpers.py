@@ -61,3 +61,8 @@ def run_main(argv: list, capsys) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def nothing_at(folder: Path) -> bool:
+    """Nothing published in ``folder``: it is gone (a failed run removes the folders it made) or empty."""
+    return not folder.exists() or not any(folder.iterdir())

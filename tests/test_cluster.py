@@ -29,7 +29,7 @@ from ckptsurgery.merge_methods import apply_method, derive_seed  # noqa: E402
 from ckptsurgery.plan.merge import MethodRule, Take  # noqa: E402
 from ckptsurgery.plan.entries import plan_edit  # noqa: E402
 from conftest import ROOT, run_cli  # noqa: E402
-from helpers import copy_files, flip_in, tf_values  # noqa: E402
+from helpers import copy_files, flip_in, nothing_at, tf_values  # noqa: E402
 from models import TinyModel, restore_tf1, write_tf1_checkpoint  # noqa: E402
 
 KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -149,7 +149,7 @@ def test_a_corrupt_input_read_on_a_worker_fails_with_its_own_one_line_error(tf1_
     with pytest.raises(cs.BadCheckpointError, match="encoder/dense/kernel.*CRC32C") as exc:
         cs.copy(src, str(dest), memory_budget=BUDGET, progress=False, scheduler=scheduler)
     assert exc.value.tensor == "encoder/dense/kernel" and "\n" not in str(exc.value)
-    assert list(dest.parent.iterdir()) == []  # nothing published, staging and every attempt removed
+    assert nothing_at(dest.parent)  # nothing published, staging and every attempt removed
 
 
 def test_a_worker_that_cannot_see_the_staging_folder_fails_in_one_line(tf1_runs, tmp_path, scheduler):
@@ -226,8 +226,9 @@ def test_workers_killed_on_every_attempt_fail_the_run_and_publish_nothing(tf1_ru
                 cs.copy(tf1_runs[0], str(dest), memory_budget=BUDGET, progress=False,
                         scheduler=cluster.scheduler_address)
     assert "\n" not in str(exc.value)
-    cs.clean(dest.parent)
-    assert list(dest.parent.iterdir()) == []  # no checkpoint, no staging, no attempt left
+    if dest.parent.exists():  # the run removes the folder it made once its staging is gone
+        cs.clean(dest.parent)
+    assert nothing_at(dest.parent)  # no checkpoint, no staging, no attempt left
 
 
 @pytest.mark.slow
@@ -242,4 +243,4 @@ def test_the_coordinator_killed_before_the_merge_leaves_no_checkpoint_and_clean_
     assert len(staging) == 1 and any(p.name.startswith("task-") for p in staging[0].iterdir())
     assert not list(dest.parent.glob("model.ckpt.index")) + list(dest.parent.glob("model.ckpt.data-*"))  # unpublished
     cs.clean(dest.parent)
-    assert list(dest.parent.iterdir()) == []
+    assert nothing_at(dest.parent)
