@@ -30,7 +30,6 @@ import numpy as np
 from ..errors import BadCheckpointError, OutputError
 from ..io.bytecopy import CHUNK, RawTensor
 from ..io.bytestream import READ_ERRORS, OpenShards, TensorBytes
-from ..io.index import IndexEntry
 from ..io.reader import Checkpoint
 from ..plan.chunking import ChunkPlan
 from ..plan.entries import OutputEntry, Plan
@@ -100,24 +99,24 @@ class WrittenBytes:
             self._differs(name, written)
         self._written_read(written, name, 0)
 
+    def _take(self, stream: TensorBytes, size: int) -> bytes:
+        """``size`` bytes of ``stream`` (0: read the rest, every range's CRC32C checked); raises READ_ERRORS."""
+        if size:
+            return stream.take(size)
+        stream.check(self.piece)
+        return b""
+
     def _source_read(self, stream: TensorBytes, name: str, size: int) -> bytes:
         try:
-            if size:
-                return stream.take(size)
-            stream.check(self.piece)
-            return b""
+            return self._take(stream, size)
         except READ_ERRORS as exc:
-            part = stream.failed or stream.segments[0][0]
-            raise BadCheckpointError(_path(stream, part), f"tensor bytes fail their check on re-reading ({exc}): "
+            raise BadCheckpointError(stream.path, f"tensor bytes fail their check on re-reading ({exc}): "
                                      "the checkpoint is corrupt; nothing was published", name) from None
 
     def _written_read(self, stream: TensorBytes, name: str, size: int) -> bytes:
         """``size`` written bytes (0: finish, every range's CRC32C checked)."""
         try:
-            if size:
-                return stream.take(size)
-            stream.check(self.piece)
-            return b""
+            return self._take(stream, size)
         except READ_ERRORS as exc:
             raise OutputError(f"{self.written.prefix}: verification failed: tensor {name!r} does not read back "
                               f"({exc}); nothing published") from None
@@ -127,10 +126,3 @@ class WrittenBytes:
         if written.position < written.size:
             self._written_read(written, name, 0)
         raise OutputError(f"{self.written.prefix}: verification failed: tensor {name!r} differs from the plan")
-
-
-def _path(stream: TensorBytes, part: IndexEntry) -> str:
-    for entry, path in stream.segments:
-        if entry is part:
-            return path
-    return stream.segments[0][1]
