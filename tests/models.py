@@ -58,6 +58,16 @@ def write_tf1_checkpoint(folder: Path, steps: int = 2, seed: int = 0) -> str:
             return saver.save(sess, str(folder / "model.ckpt"), global_step=tf.compat.v1.train.get_global_step())
 
 
+def write_tf1_v1_checkpoint(folder: Path, seed: int = 5) -> str:
+    """The same graph saved untrained in TF's pre-0.12 V1 format: one file ``model.ckpt``, no state file."""
+    with tf.Graph().as_default():
+        _build_tf1_graph(seed)
+        saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            return saver.save(sess, str(folder / "model.ckpt"), write_state=False, write_meta_graph=False)
+
+
 def restore_tf1(prefix: str, var_list_filter=None) -> dict[str, np.ndarray]:
     """Rebuild the TF1 graph, restore ``prefix`` with ``Saver.restore``, return every value by name.
 

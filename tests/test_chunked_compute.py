@@ -33,7 +33,7 @@ from ckptsurgery.plan.merge import MethodRule, Take
 from ckptsurgery.report.verify import verify
 from conftest import run_cli
 from helpers import copy_files, flip_in, nothing_at, tf_values
-from models import write_tf1_checkpoint
+from models import write_tf1_checkpoint, write_tf1_v1_checkpoint
 
 KEY = "/.ATTRIBUTES/VARIABLE_VALUE"
 SMALL = "48B"  # a few elements per chunk: every tensor here takes several chunks
@@ -254,15 +254,7 @@ def test_big_tensor_memory_is_chunks_not_the_tensor(tmp_path):
 # -- dry run ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def v1_ckpt(tmp_path_factory) -> str:
-    from models import _build_tf1_graph
-
-    folder = tmp_path_factory.mktemp("v1")
-    with tf.Graph().as_default():
-        _build_tf1_graph(seed=5)
-        saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1)
-        with tf.compat.v1.Session() as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            return saver.save(sess, str(folder / "model.ckpt"), write_state=False, write_meta_graph=False)
+    return write_tf1_v1_checkpoint(tmp_path_factory.mktemp("v1"))
 
 
 def _line(plan, name: str) -> str:

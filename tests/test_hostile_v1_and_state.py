@@ -20,7 +20,7 @@ import pytest
 
 from ckptsurgery.io.table import parse_table
 from index_writer import build_table
-from models import _build_tf1_graph, tf
+from models import write_tf1_v1_checkpoint
 from test_hostile_input import LFS_POINTER, OK_CODES, TIMEOUT, published, run_driver, snapshot
 
 pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast skips it
@@ -28,13 +28,7 @@ pytestmark = pytest.mark.slow  # crash/fuzz/hostile suite: ./scripts/test --fast
 
 @pytest.fixture(scope="module")
 def v1_file(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("v1src")
-    with tf.Graph().as_default():
-        _build_tf1_graph(seed=5)
-        saver = tf.compat.v1.train.Saver(write_version=tf.compat.v1.train.SaverDef.V1)
-        with tf.compat.v1.Session() as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            return saver.save(sess, str(folder / "model.ckpt"), write_state=False, write_meta_graph=False)
+    return write_tf1_v1_checkpoint(tmp_path_factory.mktemp("v1src"))
 
 
 def _slices_pb2():

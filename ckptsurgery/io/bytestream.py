@@ -84,12 +84,19 @@ class TensorBytes:
         self._close_finished()
 
     @property
-    def path(self) -> str:
-        """The data shard at fault after an error (the range that failed, else the one being read)."""
+    def at_fault(self) -> tuple[IndexEntry, str] | None:
+        """The range (entry, data shard) that failed its check, else the one being read; for messages."""
+        if not self.segments:
+            return None
         for entry, path in self.segments:
             if entry is self.failed:
-                return path
-        return self.segments[min(self._segment, len(self.segments) - 1)][1] if self.segments else ""
+                return entry, path
+        return self.segments[min(self._segment, len(self.segments) - 1)]
+
+    @property
+    def path(self) -> str:
+        """The data shard at fault after an error (the range that failed, else the one being read)."""
+        return self.at_fault[1] if self.segments else ""
 
     def check(self, piece: int) -> None:
         """Read everything left and check every range's CRC32C."""

@@ -372,7 +372,7 @@ def check_tensor_bytes(ckpt: Checkpoint, other: Checkpoint | None, name: str,
         try:
             stream.check(streams.piece(1))
         except READ_ERRORS as exc:
-            check.status, check.detail = BAD, _byte_error(ckpt, stream.failed or _current(stream), exc)
+            check.status, check.detail = BAD, _byte_error(ckpt, stream.at_fault[0], exc)
         if other is not None and check.status == OK:
             _same_kind(check, other)  # not in other, or another dtype/shape: nothing to compare
         return check
@@ -400,7 +400,7 @@ def _compare_bytes(check: TensorCheck, ckpt: Checkpoint, stream: TensorBytes, ot
                 differing += 1 if string else count_differences(np.frombuffer(data, dtype),
                                                                 np.frombuffer(their_data, dtype))
     except READ_ERRORS as exc:
-        check.status, check.detail = BAD, _byte_error(ckpt, stream.failed or _current(stream), exc)
+        check.status, check.detail = BAD, _byte_error(ckpt, stream.at_fault[0], exc)
         return check
     if unreadable is None:
         try:
@@ -411,7 +411,7 @@ def _compare_bytes(check: TensorCheck, ckpt: Checkpoint, stream: TensorBytes, ot
             unreadable = exc
     if unreadable is not None:
         check.status = DIFFERENT
-        check.detail = f"unreadable in {other.prefix}: {_byte_error(other, theirs.failed or _current(theirs), unreadable)}"
+        check.detail = f"unreadable in {other.prefix}: {_byte_error(other, theirs.at_fault[0], unreadable)}"
         return check
     if string and differing:  # both read back intact, their bytes differ: count the elements (decoded whole)
         differing = count_differences(_strings(stream), _strings(theirs))
@@ -428,11 +428,6 @@ def _strings(stream: TensorBytes) -> np.ndarray:
     values = np.empty(len(elements), dtype=object)
     values[:] = elements
     return values.reshape(entry.shape)
-
-
-def _current(stream: TensorBytes) -> IndexEntry:
-    """The range being read when a read failed (for the message)."""
-    return stream.segments[min(stream._segment, len(stream.segments) - 1)][0]
 
 
 def _byte_error(ckpt: Checkpoint, entry: IndexEntry, exc: Exception) -> str:
